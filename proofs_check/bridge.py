@@ -1,0 +1,174 @@
+"""The sympy -> torch bridge: turns a :class:`theory.spec.SymbolicModel` into a numeric
+:class:`numerics.models.Model` (and into mpmath callables for the extended-precision path).
+
+The translator walks the sympy tree and builds closures of torch operations, so the result
+works under ``torch.func`` (jacrev, hessian, vmap), on any device, in float64.  Only the node
+types the spec parser can produce (plus what sympy makes of them) are accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import mpmath
+import sympy as sp
+import torch
+
+from numerics.models import (
+    CallableDecoder,
+    ExpressionPrior1D,
+    GaussianPrior1D,
+    LogisticPrior1D,
+    Model,
+    Prior,
+    Prior1D,
+    StudentTPrior1D,
+)
+from theory.spec import PRIOR_VARIABLE, SpecError, SymbolicModel, SymbolicPrior1D
+
+Tensor = torch.Tensor
+Fn = Callable[[Sequence[Tensor]], Tensor]
+
+_UNARY: dict[type, Callable[[Tensor], Tensor]] = {
+    sp.sin: torch.sin,
+    sp.cos: torch.cos,
+    sp.tan: torch.tan,
+    sp.exp: torch.exp,
+    sp.log: torch.log,
+    sp.tanh: torch.tanh,
+    sp.sinh: torch.sinh,
+    sp.cosh: torch.cosh,
+    sp.atan: torch.atan,
+    sp.asinh: torch.asinh,
+    sp.erf: torch.erf,
+    sp.Abs: torch.abs,
+    sp.loggamma: torch.lgamma,
+}
+
+
+def to_torch(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> Fn:
+    """Compile ``expr`` into ``fn(args)`` where ``args[k]`` is the tensor for ``symbols[k]``."""
+    index = {s: k for k, s in enumerate(symbols)}
+
+    def build(e: sp.Basic) -> Fn:
+        if e in index:
+            k = index[e]
+            return lambda a: a[k]
+        if e.is_Number or e.is_NumberSymbol or (e.is_number and not e.free_symbols):
+            val = complex(sp.N(e, 30))
+            if abs(val.imag) > 0:
+                raise SpecError(f"expression has a non-real constant {e}")
+            c = float(val.real)
+            return lambda a: torch.zeros_like(a[0]) + c
+        if isinstance(e, sp.Add):
+            parts = [build(t) for t in e.args]
+            return lambda a: _sum(p(a) for p in parts)
+        if isinstance(e, sp.Mul):
+            parts = [build(t) for t in e.args]
+            return lambda a: _prod(p(a) for p in parts)
+        if isinstance(e, sp.Pow):
+            base = build(e.base)
+            ex = e.exp
+            if ex.is_Integer:
+                n = int(ex)
+                if n == 2:
+                    return lambda a: (lambda b: b * b)(base(a))
+                return lambda a: base(a) ** n
+            if ex == sp.Rational(1, 2):
+                return lambda a: torch.sqrt(base(a))
+            if ex.is_number:
+                c = float(ex)
+                return lambda a: base(a) ** c
+            expo = build(ex)
+            return lambda a: torch.pow(base(a), expo(a))
+        fn = _UNARY.get(type(e)) or _UNARY.get(e.func)  # type: ignore[arg-type]
+        if fn is not None and len(e.args) == 1:
+            inner = build(e.args[0])
+            return lambda a: fn(inner(a))
+        raise SpecError(f"cannot translate {type(e).__name__} ({e}) to torch")
+
+    return build(sp.sympify(expr))
+
+
+def _sum(it):
+    it = iter(it)
+    acc = next(it)
+    for v in it:
+        acc = acc + v
+    return acc
+
+
+def _prod(it):
+    it = iter(it)
+    acc = next(it)
+    for v in it:
+        acc = acc * v
+    return acc
+
+
+def decoder_from_symbolic(model: SymbolicModel) -> CallableDecoder:
+    """f as a batched torch callable (..., d) -> (..., n)."""
+    comps = [to_torch(c, model.latents) for c in model.decoder]
+
+    def f(z: Tensor) -> Tensor:
+        args = [z[..., k] for k in range(model.d)]
+        return torch.stack([c(args) for c in comps], -1)
+
+    return CallableDecoder(f, model.d, model.n, name=model.name)
+
+
+def prior_factor(p: SymbolicPrior1D) -> Prior1D:
+    """One prior factor as a numeric prior (closed forms for the named priors)."""
+    if p.kind == "gaussian":
+        return GaussianPrior1D(float(p.params[0]), float(p.params[1]))
+    if p.kind == "logistic":
+        return LogisticPrior1D(float(p.params[0]), float(p.params[1]))
+    if p.kind == "student_t":
+        return StudentTPrior1D(float(p.params[0]))
+    if p.kind == "custom":
+        fn = to_torch(p.logpdf, [PRIOR_VARIABLE])
+        try:
+            return ExpressionPrior1D(lambda t: fn([t]), name=f"custom({p.logpdf})")
+        except ValueError as exc:
+            raise SpecError(f"prior: {exc}") from None
+    raise SpecError(f"unknown prior kind {p.kind!r}")
+
+
+def numeric_model(model: SymbolicModel) -> Model:
+    """The numeric twin of a symbolic model (decoder and prior)."""
+    cache: dict[int, Prior1D] = {}
+    factors = []
+    for p in model.priors:
+        key = id(p)
+        if key not in cache:
+            cache[key] = prior_factor(p)
+        factors.append(cache[key])
+    return Model(decoder_from_symbolic(model), Prior(factors), name=model.name)
+
+
+def mpmath_functions(model: SymbolicModel, log_normalizers: Sequence[float] | None = None):
+    """(f_mp, ell_mp): the decoder and the prior log-density as mpmath callables of a
+    latent vector, for the extended-precision reference path (numerics.mpref)."""
+    f_l = sp.lambdify(model.latents, list(model.decoder), modules="mpmath")
+    ell = model.log_prior()
+    if log_normalizers is not None:
+        ell = ell - sum(sp.Float(c, 30) for c in log_normalizers)
+    ell_l = sp.lambdify(model.latents, ell, modules="mpmath")
+
+    def f_mp(z):
+        return [mpmath.mpf(v) if not isinstance(v, mpmath.mpf) else v for v in f_l(*z)]
+
+    def ell_mp(z):
+        return ell_l(*z)
+
+    return f_mp, ell_mp
+
+
+def point_tensor(point: Sequence[sp.Expr], device: torch.device | str = "cpu") -> Tensor:
+    return torch.tensor([float(v) for v in point], dtype=torch.float64, device=device)
+
+
+def log_normalizers(model: Model) -> list[float]:
+    """Per-factor log normalizers (0 for the closed-form priors)."""
+    return [getattr(f, "log_normalizer", 0.0) if isinstance(f, ExpressionPrior1D) else 0.0 for f in model.prior.factors]
+

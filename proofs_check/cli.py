@@ -89,6 +89,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import report_markdown, run_verify
+
+    ids = args.claims.split(",") if args.claims else None
+    try:
+        report, ctx = run_verify(ids, mode=args.mode, seed=args.seed, device=args.device, show_progress=not args.no_progress)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    out = Path(args.out)
+    figures: list[str] = []
+    if not args.no_plots:
+        from .plots import make_figures
+
+        figures = make_figures(report, ctx, out)
+    write_atomic(out / "report.json", dumps_json(report))
+    write_atomic(out / "report.md", report_markdown(report, figures))
+    s = report["summary"]
+    for e in report["claims"]:
+        nc = e["negative_controls"]
+        mark = "ok  " if e["status"] == "passed" and e["all_faults_rejected"] else "FAIL"
+        print(f"{mark} {e['id']:>3} {e['title']:<40} {e['status']:<7} evidence: {', '.join(e['evidence']):<42} "
+              f"faults rejected {sum(c['rejected'] for c in nc)}/{len(nc)}  ({e['seconds']:.1f} s)")
+    print(f"\n{s['passed']}/{s['claims']} claims passed, {s['faults_planted'] - len(s['faults_accepted'])}/{s['faults_planted']} "
+          f"planted faults rejected in {report['seconds']:.1f} s ({report['mode']} mode, device {report['device']}).")
+    if s["failed"]:
+        print(f"FAILED claims: {', '.join(s['failed'])}")
+    if s["faults_accepted"]:
+        print(f"ACCEPTED planted faults: {', '.join(s['faults_accepted'])}")
+    print(f"Report: {out / 'report.md'} and {out / 'report.json'}" + (f"; {len(figures)} figures" if figures else ""))
+    return EXIT_OK if report["passed"] else EXIT_FAIL
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from .registry import all_claims
+
+    claims = all_claims()
+    if args.json:
+        sys.stdout.write(dumps_json([c.summary() for c in claims]))
+        return EXIT_OK
+    for c in claims:
+        print(f"{c.id:>3}  [{c.kind:<10}] {c.title}")
+        print(f"      {c.statement}")
+        print(f"      paper: {c.paper}; models: {', '.join(c.models) or '-'}; planted faults: {', '.join(c.faults)}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gapcheck",
@@ -109,13 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default: auto = CUDA if available)")
     ev.add_argument("--no-prediction", action="store_true", help="skip the symbolic expansion (prediction) for each result")
     ev.set_defaults(func=cmd_evaluate)
-    for name, mod in _EXTRA_COMMANDS:
-        __import__(f"proofs_check.{mod}", fromlist=["register"]).register(sub)
+
+    ve = sub.add_parser(
+        "verify",
+        help="check every claim of THEORY.md (C1-C16, N1-N2) and write a report",
+        description="Check the claims of THEORY.md with symbolic, numerical (error bars, fitted convergence orders) and "
+        "property-based evidence; plant a fault for each claim and require that it is rejected. Writes report.md, "
+        "report.json and figures (PNG and SVG) to --out. Exits 1 when a claim fails or a planted fault is accepted.",
+    )
+    size = ve.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="mode", const="quick", help="smaller sweeps and samples (under a minute)")
+    size.add_argument("--full", action="store_const", dest="mode", const="full", help="denser sweeps, more samples and models")
+    ve.set_defaults(mode="default")
+    ve.add_argument("--claims", metavar="IDS", help="comma-separated claim ids to check, e.g. C9,C11 (default: all)")
+    ve.add_argument("--out", metavar="DIR", type=Path, default=Path("gapcheck-report"), help="output folder (default: ./gapcheck-report)")
+    ve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")
+    ve.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    ve.add_argument("--no-plots", action="store_true", help="skip the figures")
+    ve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ve.set_defaults(func=cmd_verify)
+
+    cl = sub.add_parser("claims", help="list the claims registry", description="List the claims of THEORY.md that gapcheck checks.")
+    cl.add_argument("--json", action="store_true", help="print the registry as JSON")
+    cl.set_defaults(func=cmd_claims)
     return p
-
-
-#: Subcommands defined in other modules: (name, module with a ``register(subparsers)``).
-_EXTRA_COMMANDS: list[tuple[str, str]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

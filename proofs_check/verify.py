@@ -1,0 +1,180 @@
+"""`gapcheck verify`: run the claims registry, write report.json, report.md and figures.
+
+Every claim runs its check (must pass) and then each of its planted faults (each must be
+rejected, i.e. make the check fail).  The run passes iff every claim passes and every
+planted fault is rejected.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from .context import Context
+from .registry import Claim, CheckResult, _clean, all_claims
+
+REPORT_VERSION = 1
+
+
+def select_claims(ids: Sequence[str] | None) -> list[Claim]:
+    claims = all_claims()
+    if not ids:
+        return claims
+    known = {c.id: c for c in claims}
+    wanted = [i.strip().upper() for i in ids if i.strip()]
+    unknown = [i for i in wanted if i not in known]
+    if unknown:
+        raise KeyError(f"unknown claim id(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[i] for i in wanted]
+
+
+def _run_check(claim: Claim, ctx: Context, fault: str | None) -> tuple[list[CheckResult], str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        res = claim.check(ctx, fault)
+        err = None
+    except Exception as exc:  # a crashing check is reported as an error, never hidden
+        res = []
+        err = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
+    return res, err, time.perf_counter() - t0
+
+
+def run_claim(claim: Claim, ctx: Context, progress=None) -> dict[str, Any]:
+    """Check one claim and its negative controls; returns the report entry."""
+    t0 = time.perf_counter()
+    res, err, secs = _run_check(claim, ctx, None)
+    if progress:
+        progress.update(1)
+    passed = err is None and bool(res) and all(r.passed for r in res)
+    evidence = sorted({r.evidence for r in res if r.passed})
+    controls = []
+    for fault in claim.faults:
+        fres, ferr, fsecs = _run_check(claim, ctx, fault)
+        if progress:
+            progress.update(1)
+        failed = [r.name for r in fres if not r.passed]
+        controls.append({
+            "fault": fault,
+            "rejected": ferr is None and bool(failed),
+            "failed_checks": failed,
+            "error": ferr,
+            "seconds": fsecs,
+        })
+    status = "error" if err else ("passed" if passed else "failed")
+    return {
+        **claim.summary(),
+        "status": status,
+        "error": err,
+        "evidence": evidence,
+        "checks": [r.as_dict() for r in res],
+        "negative_controls": controls,
+        "all_faults_rejected": all(c["rejected"] for c in controls),
+        "seconds": time.perf_counter() - t0,
+        "check_seconds": secs,
+    }
+
+
+def run_verify(ids: Sequence[str] | None = None, mode: str = "default", seed: int = 0, device: str = "auto",
+               show_progress: bool = True) -> tuple[dict[str, Any], Context]:
+    claims = select_claims(ids)
+    ctx = Context(mode=mode, seed=seed, device=device)
+    t0 = time.perf_counter()
+    total = sum(1 + len(c.faults) for c in claims)
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="gapcheck verify", unit="check", file=sys.stderr, leave=True,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+    entries = []
+    for c in claims:
+        if bar:
+            bar.set_postfix_str(c.id)
+        entries.append(run_claim(c, ctx, bar))
+    if bar:
+        bar.close()
+    ok = all(e["status"] == "passed" and e["all_faults_rejected"] for e in entries)
+    import torch
+
+    report = {
+        "version": REPORT_VERSION,
+        "tool": "gapcheck",
+        "mode": mode,
+        "seed": seed,
+        "device": str(ctx.torch_device),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": time.perf_counter() - t0,
+        "platform": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+        "sweep_gamma2": ctx.sweep_gamma2,
+        "passed": ok,
+        "summary": {
+            "claims": len(entries),
+            "passed": sum(e["status"] == "passed" for e in entries),
+            "failed": [e["id"] for e in entries if e["status"] != "passed"],
+            "faults_planted": sum(len(e["negative_controls"]) for e in entries),
+            "faults_accepted": [f"{e['id']}:{c['fault']}" for e in entries for c in e["negative_controls"] if not c["rejected"]],
+        },
+        "claims": entries,
+    }
+    return _clean(report), ctx
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.2e}"
+    return str(v)
+
+
+def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
+    """Human-readable report (docs/report.md explains how to read it)."""
+    L = []
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    s = report["summary"]
+    L.append(f"# gapcheck verification report — {verdict}\n")
+    L.append(f"Mode `{report['mode']}`, seed {report['seed']}, device `{report['device']}`, {report['seconds']:.1f} s, "
+             f"torch {report['platform']['torch']}, started {report['started']}.\n")
+    L.append(f"{s['passed']}/{s['claims']} claims passed; {s['faults_planted']} planted faults, "
+             f"{s['faults_planted'] - len(s['faults_accepted'])} rejected"
+             + (f", **accepted: {', '.join(s['faults_accepted'])}**" if s["faults_accepted"] else "") + ".\n")
+    L.append("| claim | title | status | evidence | negative controls (rejected / planted) | time (s) |")
+    L.append("|---|---|---|---|---|---|")
+    for e in report["claims"]:
+        nc = e["negative_controls"]
+        L.append(f"| {e['id']} | {e['title']} | {e['status']} | {', '.join(e['evidence'])} | "
+                 f"{sum(c['rejected'] for c in nc)}/{len(nc)} | {e['seconds']:.1f} |")
+    if figures:
+        L.append("\n## Figures\n")
+        for f in figures:
+            L.append(f"![{Path(f).stem}]({Path(f).name})\n")
+    for e in report["claims"]:
+        L.append(f"\n## {e['id']} — {e['title']}: {e['status']}\n")
+        L.append(f"*{e['statement']}*  \nPaper: {e['paper']}. Assumptions: {e['assumptions']}. Models: {', '.join(e['models']) or '—'}.\n")
+        if e.get("error"):
+            L.append(f"```\n{e['error']}\n```\n")
+        L.append("| check | evidence | result | measured error | tolerance | tolerance from |")
+        L.append("|---|---|---|---|---|---|")
+        for c in e["checks"]:
+            extra = ""
+            fit = c["details"].get("fit") if isinstance(c["details"], dict) else None
+            if isinstance(fit, dict) and fit.get("order") is not None:
+                extra = f" (observed order {_fmt(fit['order'])} ± {_fmt(fit['stderr'])})"
+            ce = c["details"].get("shrunk_counterexample") if isinstance(c["details"], dict) else None
+            if ce:
+                extra += f" — shrunk counterexample: {ce}"
+            L.append(f"| {c['name']}{extra} | {c['evidence']} | {'pass' if c['passed'] else '**FAIL**'} | {_fmt(c['error'])} | "
+                     f"{_fmt(c['tolerance'])} | {c['tolerance_source'] or '—'} |")
+        if e["negative_controls"]:
+            L.append("\nNegative controls (planted faults that must be rejected):\n")
+            for c in e["negative_controls"]:
+                what = "rejected" if c["rejected"] else "**ACCEPTED (verification fails)**"
+                why = f" — failing checks: {'; '.join(c['failed_checks'][:3])}" if c["failed_checks"] else ""
+                err = f" — error: {c['error'].splitlines()[0]}" if c.get("error") else ""
+                L.append(f"- `{c['fault']}`: {what}{why}{err}")
+    return "\n".join(L) + "\n"

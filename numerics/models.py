@@ -282,28 +282,34 @@ class ExpressionPrior1D(Prior1D):
 
         self.fn, self.name = fn, name
 
-        def dens_np(t: float) -> float:
-            v = float(fn(torch.tensor(t, dtype=DTYPE)))
-            return math.exp(v) if v > -745 else 0.0
-
         with np.errstate(all="ignore"):
             # find the bulk: scan a log-spaced grid for the maximum of ℓ̃
             grid = np.concatenate([-np.logspace(3, -3, 200), [0.0], np.logspace(-3, 3, 200)])
             vals = fn(torch.as_tensor(grid, dtype=DTYPE)).numpy()
         if not np.any(np.isfinite(vals)):
             raise ModelError(f"{name}: log-density is not finite anywhere on [-1e3, 1e3]")
-        self._shift = float(np.nanmax(np.where(np.isfinite(vals), vals, -np.inf)))
-        center = float(grid[int(np.nanargmax(np.where(np.isfinite(vals), vals, -np.inf)))])
+        finite_vals = np.where(np.isfinite(vals), vals, -np.inf)
+        imax = int(np.argmax(finite_vals))
+        if imax in (0, len(grid) - 1) or finite_vals[0] >= finite_vals[imax] - 30 or finite_vals[-1] >= finite_vals[imax] - 30:
+            raise ModelError(f"{name}: exp(logpdf) is not integrable: the log-density does not decay at ±1e3")
+        self._shift = float(finite_vals[imax])
+        center = float(grid[imax])
 
         def dens_shifted(t: float) -> float:
             v = float(fn(torch.tensor(t, dtype=DTYPE))) - self._shift
+            if v > 700 or math.isnan(v):
+                raise ModelError(f"{name}: log-density is unbounded or NaN near t = {t:g}")
             return math.exp(v) if v > -745 else 0.0
 
         total, err = 0.0, 0.0
-        for a, b in ((-np.inf, center), (center, np.inf)):
-            val, e = integrate.quad(dens_shifted, a, b, epsabs=0.0, epsrel=1e-13, limit=500)
-            total += val
-            err += e
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for a, b in ((-np.inf, center), (center, np.inf)):
+                val, e = integrate.quad(dens_shifted, a, b, epsabs=0.0, epsrel=1e-13, limit=500)
+                total += val
+                err += e
         if not (total > 0 and math.isfinite(total)):
             raise ModelError(f"{name}: exp(logpdf) is not integrable (integral = {total})")
         if total > 0 and err / total > 1e-6:
@@ -311,7 +317,6 @@ class ExpressionPrior1D(Prior1D):
         self.log_normalizer = self._shift + math.log(total)
         self.log_normalizer_error = err / total
         self._grid: tuple[np.ndarray, np.ndarray] | None = None
-        del dens_np
 
     def log_prob(self, t: Tensor) -> Tensor:
         return self.fn(t) - self.log_normalizer

@@ -203,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gapcheck: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # never a raw traceback for a user; GAPCHECK_DEBUG=1 shows it
+        if os.environ.get("GAPCHECK_DEBUG"):
+            raise
+        print(f"gapcheck: internal error ({type(exc).__name__}: {exc}); rerun with GAPCHECK_DEBUG=1 for the traceback "
+              "and please report it", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

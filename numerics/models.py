@@ -126,9 +126,9 @@ class IMADecoder(Decoder):
 
 
 class MobiusDecoder(Decoder):
-    """Möbius transform in R^d (d ≥ 2), a conformal map (IMA class):
-    f(z) = b + α · O (z - a) / ‖z - a‖^ε_sign, with ε_sign = 2 (inversion) ; here
-    f(z) = α O (z - a)/‖z - a‖² + b with the pole a placed away from the data."""
+    """Möbius transform (an inversion composed with a rotation and a scaling), a conformal map
+    of R^d, d ≥ 2, hence IMA class (THEORY C12): f(z) = α · O (z − a)/‖z − a‖², with the pole a at
+    distance ``pole_distance`` from the origin and α = pole_distance² so that |J| ≈ 1 near 0."""
 
     def __init__(self, d: int, seed: int = 0, pole_distance: float = 4.0, name: str = "mobius") -> None:
         rng = np.random.default_rng(seed)

@@ -137,7 +137,7 @@ def _gauss_kl(mq: np.ndarray, sq: np.ndarray, mp: np.ndarray, Lam: np.ndarray) -
     id="C1", title="ELBO identity", kind="exact",
     statement="log p_γ(x) − ELBO(x; μ, s) = KL(q ‖ p_γ(z|x)) ≥ 0 for every q.",
     latex=r"\log p_\gamma(x) - \mathrm{ELBO}(x;\mu,s) = \mathrm{KL}(q\,\|\,p_\gamma(z|x)) \ge 0",
-    paper="Sec. 2 (background), standard variational identity",
+    paper="background: the standard variational identity behind the ELBO",
     assumptions="any decoder, any prior, any Gaussian q",
     models=("linear", "triangular"),
     faults=("entropy_without_e",),
@@ -161,7 +161,7 @@ def check_c1(ctx: Context, fault: str | None) -> Results:
         for _ in range(3):
             mq = post_mean + rng.normal(size=2) * 0.5 / math.sqrt(g2)
             sq = np.exp(rng.normal(size=2)) / np.diag(Lam)
-            e = elbo_gh(m, x, g2, torch.tensor(mq), torch.tensor(sq), reduced=True)
+            e = elbo_gh(m, x, g2, torch.tensor(mq, device=x.device), torch.tensor(sq, device=x.device), reduced=True)
             lhs = lp.value - (e.value + shift)
             kl = _gauss_kl(mq, sq, post_mean, Lam)
             worst = max(worst, abs(lhs - kl))
@@ -179,8 +179,8 @@ def check_c1(ctx: Context, fault: str | None) -> Results:
 
     def pred(ex):
         g2, dm1, dm2, ls1, ls2 = ex
-        mu = zt + torch.tensor([dm1, dm2], dtype=torch.float64) / math.sqrt(g2)
-        s = torch.exp(torch.tensor([ls1, ls2], dtype=torch.float64)) / g2
+        mu = zt + torch.tensor([dm1, dm2], dtype=torch.float64, device=zt.device) / math.sqrt(g2)
+        s = torch.exp(torch.tensor([ls1, ls2], dtype=torch.float64, device=zt.device)) / g2
         e = elbo_gh(tri, xt, g2, mu, s, reduced=True)
         kl = lps[g2].value - (e.value + shift)
         return kl >= -(lps[g2].error + e.error), f"γ²={g2}, μ−z0={[dm1 / math.sqrt(g2), dm2 / math.sqrt(g2)]}, log(γ² s)={[ls1, ls2]}: log p − ELBO = {kl:.3e} < 0"
@@ -211,7 +211,7 @@ def check_c1(ctx: Context, fault: str | None) -> Results:
     id="C2", title="Mean-field Gaussian lemma", kind="exact",
     statement="For a Gaussian target with precision Λ the best mean-field Gaussian keeps the mean, has s_k = 1/Λ_kk and KL = ½(Σ log Λ_kk − log det Λ).",
     latex=r"s_k = 1/\Lambda_{kk},\quad \mathrm{KL} = \tfrac12\big(\textstyle\sum_k \log\Lambda_{kk} - \log\det\Lambda\big)",
-    paper="Appendix (proof of the ELBO limit), mean-field Gaussian lemma",
+    paper="lemma used in the proof of the ELBO limit (mean-field Gaussian approximation of a Gaussian)",
     assumptions="Λ symmetric positive definite",
     models=(),
     faults=("marginal_variances",),
@@ -270,7 +270,7 @@ def _random_matrix(ex) -> np.ndarray:
     id="C3", title="Hadamard inequality", kind="exact",
     statement="c_IMA ≥ 0, with equality iff the columns of J are orthogonal.",
     latex=r"c_{\mathrm{IMA}}(f,z) \ge 0,\ = 0 \iff J_k^\top J_l = 0\ (k \ne l)",
-    paper="Sec. 3 (IMA background; Hadamard's inequality)",
+    paper="IMA background: the contrast is non-negative by Hadamard's inequality",
     assumptions="J of full column rank, n ≥ d",
     models=(),
     faults=("missing_half",),
@@ -317,7 +317,7 @@ def check_c3(ctx: Context, fault: str | None) -> Results:
     id="C4", title="Invariances of c_IMA", kind="exact",
     statement="c_IMA is unchanged by J → JD, J → JP, J → OJ, and c_IMA(f∘h, z) = c_IMA(f, h(z)) for elementwise h.",
     latex=r"c_{\mathrm{IMA}}(JD)=c_{\mathrm{IMA}}(JP)=c_{\mathrm{IMA}}(OJ)=c_{\mathrm{IMA}}(J),\ c_{\mathrm{IMA}}(f\circ h,z)=c_{\mathrm{IMA}}(f,h(z))",
-    paper="Sec. 3 (properties of the IMA contrast)",
+    paper="IMA background: invariances of the local contrast",
     assumptions="D diagonal invertible, P permutation, O orthogonal, h elementwise diffeomorphism",
     models=("triangular",),
     faults=("no_logdet",),
@@ -383,7 +383,7 @@ def check_c4(ctx: Context, fault: str | None) -> Results:
     id="C5", title="Linear–Gaussian model in closed form", kind="exact",
     statement="For f(z) = Az and a Gaussian prior: Λ = diag(1/v) + γ²AᵀA, gap = ½(Σ log Λ_kk − log det Λ) → c_IMA(A), first-order term ε·½(Σ 1/M_kk − tr M⁻¹) for v = 1.",
     latex=r"\mathrm{gap} = \tfrac12\big(\textstyle\sum_k\log\Lambda_{kk}-\log\det\Lambda\big) = c_{\mathrm{IMA}}(A) + \tfrac{\varepsilon}{2}\big(\textstyle\sum_k M_{kk}^{-1} - \mathrm{tr}\,M^{-1}\big) + O(\varepsilon^2)",
-    paper="Sec. 4 (linear example); closed form",
+    paper="not stated in this form; the linear-Gaussian special case of the gap result",
     assumptions="linear decoder, Gaussian prior",
     models=("linear",),
     faults=("wrong_first_order",),
@@ -431,7 +431,7 @@ def check_c5(ctx: Context, fault: str | None) -> Results:
     id="C6", title="β-VAE equivalence", kind="exact",
     statement="β-ELBO at precision γ² = β × ELBO at precision γ²/β + const(n, β, γ); same optimal encoder.",
     latex=r"\mathrm{ELBO}_\beta(\gamma^2) = \beta\,\mathrm{ELBO}(\gamma^2/\beta) + \tfrac n2\log\tfrac{\gamma^2}{2\pi} - \tfrac{\beta n}{2}\log\tfrac{\gamma^2}{2\pi\beta}",
-    paper="Sec. 4 (remark on β-VAE)",
+    paper="remark on β-VAEs (a β-weighted ELBO is a plain ELBO at rescaled decoder variance)",
     assumptions="β > 0; β-ELBO = E_q log p_γ(x|z) − β KL(q‖p0)",
     models=("triangular",),
     faults=("wrong_constant",),
@@ -448,13 +448,13 @@ def check_c6(ctx: Context, fault: str | None) -> Results:
     x = m.decoder(z0)
     n, d = m.n, m.d
     rng = np.random.default_rng(ctx.seed)
-    nodes, logw = gauss_hermite(40, d)
+    nodes, logw = gauss_hermite(40, d, device=z0.device)
     w = torch.exp(logw)
     worst, tol = 0.0, 0.0
     for beta in (0.5, 2.0, 4.0):
         for g2 in (5.0, 50.0):
-            mu = z0 + torch.tensor(rng.normal(size=d) * 0.1)
-            s = torch.tensor(np.exp(rng.normal(size=d)) * 0.05)
+            mu = z0 + torch.tensor(rng.normal(size=d) * 0.1, device=z0.device)
+            s = torch.tensor(np.exp(rng.normal(size=d)) * 0.05, device=z0.device)
             z = mu + torch.sqrt(s) * nodes
             r = x - m.decoder(z)
             e_loglik = 0.5 * n * math.log(g2 / (2 * math.pi)) - 0.5 * g2 * float((w * (r * r).sum(-1)).sum())
@@ -484,7 +484,7 @@ def _order_for(fault: str | None) -> float:
     id="C7", title="Self-consistency", kind="asymptotic",
     statement="μ*(x) → g(x) = z0 with μ* − z0 = O(γ⁻²), and ‖f(μ*(x)) − x‖ → 0.",
     latex=r"\mu^*(x) = z_0 + \mu_1\varepsilon + O(\varepsilon^2),\quad \|f(\mu^*(x)) - x\| \to 0",
-    paper="Theorem 1 (self-consistency), Sec. 4",
+    paper="the paper's first theorem (self-consistency of the optimal encoder)",
     assumptions="f smooth and injective, J full column rank, x = f(z0)",
     models=GAP_MODELS,
     faults=("wrong_rate", "perturbed_optimum"),
@@ -540,7 +540,7 @@ def _mu1_check(ctx: Context, name: str, fault: str | None) -> Results:
     id="C8", title="Optimal variances", kind="asymptotic",
     statement="γ² s_k* ‖J_k(z0)‖² → 1 (s_k* = ε/‖J_k‖² + O(ε²)); the paper's refined (γ²‖J_k‖² − ℓ_k'')⁻¹ is exact to O(ε²) for linear decoders only.",
     latex=r"\gamma^2 s_k^*\|J_k\|^2 \to 1;\quad s_k^* = \varepsilon/\|J_k\|^2 + s_{2,k}\varepsilon^2 + O(\varepsilon^3)",
-    paper="Theorem 1 and its proof (optimal encoder variances)",
+    paper="self-consistency theorem: optimal encoder variances, and the refined variance formula",
     assumptions="as C7",
     models=("linear", "triangular", "embedding"),
     faults=("wrong_rate", "refined_formula_curved"),
@@ -602,7 +602,7 @@ def _lim_values(ctx: Context, name: str) -> tuple[float, float]:
     id="C9", title="Likelihood limit (Laplace)", kind="asymptotic",
     statement="log p_γ(x) = (n−d)/2·log(γ²/2π) + ℓ(z0) − ½ log det(JᵀJ) + O(γ⁻²).",
     latex=r"\log p_\gamma(x) = \tfrac{n-d}{2}\log\tfrac{\gamma^2}{2\pi} + \ell(z_0) - \tfrac12\log\det J^\top J + O(\varepsilon)",
-    paper="Sec. 4, Laplace approximation of the marginal likelihood",
+    paper="Laplace approximation of the marginal likelihood, used for the main result",
     assumptions="as C7",
     models=GAP_MODELS,
     faults=("missing_half", "wrong_rate"),
@@ -631,7 +631,7 @@ def check_c9(ctx: Context, fault: str | None) -> Results:
     id="C10", title="ELBO limit", kind="asymptotic",
     statement="ELBO*(x) = (n−d)/2·log(γ²/2π) + ℓ(z0) − Σ_k log‖J_k‖ + O(γ⁻²).",
     latex=r"\mathrm{ELBO}^*(x) = \tfrac{n-d}{2}\log\tfrac{\gamma^2}{2\pi} + \ell(z_0) - \textstyle\sum_k\log\|J_k\| + O(\varepsilon)",
-    paper="Theorem 2 (ELBO limit), Sec. 4",
+    paper="the ELBO limit in the main result",
     assumptions="as C7",
     models=GAP_MODELS,
     faults=("logdet_for_norms", "wrong_rate"),
@@ -661,7 +661,7 @@ def check_c10(ctx: Context, fault: str | None) -> Results:
     id="C11", title="The gap theorem", kind="asymptotic",
     statement="log p_γ(x) − ELBO*(x) → c_IMA(f, z0), i.e. ELBO*(x) − L_IMA(x) → 0, with error O(γ⁻²).",
     latex=r"\log p_\gamma(x) - \mathrm{ELBO}^*(x) = c_{\mathrm{IMA}}(f, z_0) + O(\varepsilon)",
-    paper="Theorem 2 / main result (Sec. 4), Fig. 2",
+    paper="the paper's main result (ELBO → L_IMA); its gap figure",
     assumptions="as C7",
     models=GAP_MODELS,
     faults=("batch_mean_contrast", "perturbed_optimum", "wrong_rate"),
@@ -692,7 +692,7 @@ def check_c11(ctx: Context, fault: str | None) -> Results:
     id="C12", title="IMA class: the gap vanishes", kind="asymptotic",
     statement="If J has orthogonal columns everywhere (conformal maps, Möbius transforms, O·h(z)), the gap → 0.",
     latex=r"J_k^\top J_l \equiv 0\ (k\neq l) \Rightarrow \log p_\gamma(x) - \mathrm{ELBO}^*(x) \to 0",
-    paper="Corollary (IMA class), Sec. 4; Fig. 2 (Möbius)",
+    paper="consequence of the main result for IMA-class decoders; Möbius experiments",
     assumptions="f in the IMA class",
     models=("ima", "mobius"),
     faults=("non_ima_decoder",),
@@ -716,7 +716,7 @@ def check_c12(ctx: Context, fault: str | None) -> Results:
     id="C13", title="Global version", kind="asymptotic",
     statement="E_{z0∼p0}[log p_γ(f(z0)) − ELBO*(f(z0))] → C_IMA(f, p0), with a stated Monte Carlo error.",
     latex=r"\mathbb{E}_{z_0\sim p_0}\big[\log p_\gamma(f(z_0)) - \mathrm{ELBO}^*(f(z_0))\big] \to C_{\mathrm{IMA}}(f,p_0)",
-    paper="Theorem 2 (global form), Fig. 2 (averages over data)",
+    paper="global form of the main result; the gap figure averages over data",
     assumptions="as C7, for p0-almost every z0",
     models=("triangular",),
     faults=("batch_mean_contrast",),
@@ -767,7 +767,7 @@ def check_c13(ctx: Context, fault: str | None) -> Results:
     id="C14", title="Full-covariance encoder", kind="asymptotic",
     statement="With a full-covariance Gaussian q the gap tends to 0 for every f: the IMA regularizer comes from the mean-field restriction.",
     latex=r"\log p_\gamma(x) - \sup_{\mu,\Sigma}\mathrm{ELBO}(x;\mu,\Sigma) = O(\varepsilon)",
-    paper="Sec. 4 (discussion: role of the mean-field assumption)",
+    paper="discussion: the IMA bias comes from the mean-field restriction",
     assumptions="as C7; q = N(μ, Σ) with Σ full",
     models=("triangular", "embedding"),
     faults=("mean_field",),
@@ -808,7 +808,7 @@ def _rotated(sym: SymbolicModel, R: sp.Matrix) -> SymbolicModel:
     id="C15", title="Spurious solutions", kind="asymptotic",
     statement="ML cannot tell f from f∘R (R orthogonal, standard Gaussian prior): p_γ(x) is identical for every γ; ELBO* can: its difference tends to the difference of c_IMA, > 0 when f is IMA-class and f∘R is not.",
     latex=r"\log p^{f}_\gamma = \log p^{f\circ R}_\gamma;\quad \mathrm{ELBO}^{*}_{f} - \mathrm{ELBO}^{*}_{f\circ R} \to c_{\mathrm{IMA}}(f\circ R) - c_{\mathrm{IMA}}(f) > 0",
-    paper="Sec. 5 (spurious solutions, Darmois construction, rotations)",
+    paper="discussion of spurious solutions (rotations, Darmois construction)",
     assumptions="standard Gaussian prior, R orthogonal (here a 3-4-5 rotation); the Darmois construction is not checked",
     models=("ima",),
     faults=("ml_cannot_tell",),

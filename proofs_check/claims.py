@@ -121,6 +121,32 @@ def _perturbed_gaps(ctx: Context, name: str, res: list[dict], rel: float = 0.05)
     return np.array(out)
 
 
+def gap_limit_property(ctx: Context, kind: str, predicted: str, fault: str | None) -> CheckResult:
+    """hypothesis over random decoders of ``kind``, priors and points: the Richardson limit
+    (10·gap(1e7) − gap(1e6))/9 equals the prediction: c_IMA(f, z0) (``predicted="c_ima"``;
+    the batch-mean contrast under the fault ``batch_mean_contrast``) or 0 (``"zero"``)."""
+    from .evaluate import evaluate_points
+    from .strategies import models_and_points
+
+    def pred(ex):
+        model, z0 = ex
+        z = torch.tensor(z0, dtype=torch.float64, device=ctx.torch_device)
+        r6, r7 = evaluate_points(model, [z], [1e6, 1e7], search_modes=False)
+        lim = (10 * r7["gap"] - r6["gap"]) / 9
+        c = r6["c_ima"] if predicted == "c_ima" else 0.0
+        if fault == "batch_mean_contrast":
+            zs = model.prior.sample(256, torch.Generator().manual_seed(ctx.seed), device=ctx.torch_device)
+            c = float(c_ima_batch_mean_jacobian(model.decoder, zs))
+        # tolerance: propagated error estimates (10·e7 + e6)/9, x3, + 1e-9 for the O(ε²) truncation
+        tol = 3 * (10 * r7["error"]["gap"] + r6["error"]["gap"]) / 9 + 1e-9
+        return abs(lim - c) <= tol, f"{model.name}, z0 = {z0}: Richardson gap limit {lim:.12g} vs predicted {c:.12g} (tol {tol:.1e})"
+
+    label = "IMA-class" if kind == "ima" else "triangular MLP (non-IMA)"
+    target = "c_IMA(f, z0)" if predicted == "c_ima" else "0"
+    return run_property(f"random {label} decoders, priors, points: Richardson gap limit = {target}", models_and_points(kind),
+                        pred, ctx.n_samples(4, 12, 50))
+
+
 # ----------------------------------------------------------------------------------------
 # Exact claims
 # ----------------------------------------------------------------------------------------
@@ -685,6 +711,8 @@ def check_c11(ctx: Context, fault: str | None) -> Results:
         out.append(symbolic_equal(f"{name}: symbolic gap limit (log p − ELBO* constants) vs c_IMA(J(z0))", exp.log_px[0] - exp.elbo_star[0], c_ima_expr(Js)))
         out.append(within(f"{name}: numeric c_IMA (QR) vs symbolic c_IMA", "numerical", abs(res[0]["c_ima"] - float(sp.N(exp.c_ima, 30))),
                           1e-13, "float64 QR: each of the 2d logs to ~1e-15"))
+    if fault != "wrong_rate":
+        out.append(gap_limit_property(ctx, "triangular", "c_ima", fault if fault == "batch_mean_contrast" else None))
     return out
 
 
@@ -709,6 +737,7 @@ def check_c12(ctx: Context, fault: str | None) -> Results:
         M = J.T * J
         offdiag = sp.simplify(M[0, 1])
         out.append(boolean_check(f"{name}: JᵀJ is diagonal for every z (symbolic), so c_IMA ≡ 0", "symbolic", offdiag == 0, off_diagonal=str(offdiag)))
+    out.append(gap_limit_property(ctx, "triangular" if fault == "non_ima_decoder" else "ima", "zero", None))
     return out
 
 

@@ -8,7 +8,9 @@ recorded in the report.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -20,12 +22,28 @@ class PropertyFailure(AssertionError):
     pass
 
 
+#: Whether failing examples are shrunk.  Off while a planted fault is checked: there a
+#: failure is expected and only its existence is reported, so shrinking would be wasted work.
+_SHRINK: contextvars.ContextVar[bool] = contextvars.ContextVar("gapcheck_shrink", default=True)
+
+
+@contextlib.contextmanager
+def no_shrinking() -> Iterator[None]:
+    token = _SHRINK.set(False)
+    try:
+        yield
+    finally:
+        _SHRINK.reset(token)
+
+
 def run_property(name: str, strategy: st.SearchStrategy, pred: Callable[[Any], tuple[bool, str]], max_examples: int) -> CheckResult:
     """Run ``pred`` on ``max_examples`` examples of ``strategy``; pass iff it holds for all."""
     seen: list[int] = [0]
 
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if _SHRINK.get() else [])
+
     @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+              suppress_health_check=list(HealthCheck), phases=phases)
     @given(strategy)
     def prop(ex: Any) -> None:
         seen[0] += 1

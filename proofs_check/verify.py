@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .context import Context
+from .properties import no_shrinking
 from .registry import Claim, CheckResult, _clean, all_claims
 
 REPORT_VERSION = 1
@@ -36,7 +37,11 @@ def select_claims(ids: Sequence[str] | None) -> list[Claim]:
 def _run_check(claim: Claim, ctx: Context, fault: str | None) -> tuple[list[CheckResult], str | None, float]:
     t0 = time.perf_counter()
     try:
-        res = claim.check(ctx, fault)
+        if fault is None:
+            res = claim.check(ctx, fault)
+        else:
+            with no_shrinking():
+                res = claim.check(ctx, fault)
         err = None
     except Exception as exc:  # a crashing check is reported as an error, never hidden
         res = []

@@ -22,8 +22,10 @@ from .moments import symmetric_symbols
 __all__ = [
     "EPS",
     "GAMMA2",
+    "to_gamma2",
     "c_ima_expr",
     "c_ima_terms",
+    "c_ima_ratio",
     "invariance_checks",
     "MeanFieldLemma",
     "mean_field_gaussian_lemma",
@@ -39,13 +41,9 @@ EPS = sp.Symbol("epsilon", positive=True)
 GAMMA2 = sp.Symbol("gamma2", positive=True)
 
 
-def _is_zero(expr: sp.Expr) -> bool:
-    """True when sympy proves ``expr == 0`` (simplify, then an expand/log-expand fallback)."""
-    e = sp.simplify(expr)
-    if e == 0:
-        return True
-    e = sp.simplify(sp.expand_log(sp.expand(e), force=True))
-    return e == 0
+def to_gamma2(expr: sp.Expr) -> sp.Expr:
+    """Rewrite an expression in ε as one in the decoder precision γ² (ε = 1/γ²)."""
+    return sp.sympify(expr).subs(EPS, 1 / GAMMA2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -67,23 +65,27 @@ def c_ima_expr(J: sp.Matrix) -> sp.Expr:
     exact cancellations (e.g. orthogonal columns, C12) evaluate to ``log(1) = 0`` without log
     rules.  For n = d the last term equals ``log|det J|``.
     """
+    return sp.log(c_ima_ratio(J)) / 2
+
+
+def c_ima_ratio(J: sp.Matrix) -> sp.Expr:
+    """exp(2 c_IMA) = Π_k ‖J_k‖² / det(JᵀJ) ≥ 1 (Hadamard, C3); equal to 1 iff the columns are orthogonal."""
     M = J.T * J
-    prod = sp.Mul(*[M[k, k] for k in range(M.shape[0])])
-    det = M.det()
-    return sp.log(prod / det) / 2
+    return sp.Mul(*[M[k, k] for k in range(M.shape[0])]) / M.det()
 
 
 def invariance_checks(J: sp.Matrix, D: sp.Matrix, P: sp.Matrix, O: sp.Matrix) -> dict[str, bool]:
     """C4: c_IMA is unchanged by J -> JD (D diagonal, nonzero), J -> JP (permutation), J -> OJ (O orthogonal).
 
-    Returns a dict of booleans, each True when sympy proves the difference of the two c_IMA
-    expressions is zero.
+    Returns a dict of booleans, each True when sympy proves that exp(2 c_IMA), a rational
+    function of the entries, is unchanged.
     """
-    base = c_ima_expr(J)
+    base = c_ima_ratio(J)
+    same = lambda other: sp.simplify(sp.cancel(sp.together(c_ima_ratio(other) - base))) == 0  # noqa: E731
     return {
-        "column_scaling": _is_zero(c_ima_expr(J * D) - base),
-        "column_permutation": _is_zero(c_ima_expr(J * P) - base),
-        "orthogonal_left": _is_zero(c_ima_expr(O * J) - base),
+        "column_scaling": same(J * D),
+        "column_permutation": same(J * P),
+        "orthogonal_left": same(O * J),
     }
 
 

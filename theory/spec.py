@@ -71,6 +71,8 @@ _BINOPS: dict[type, Callable[[sp.Expr, sp.Expr], sp.Expr]] = {
 }
 
 _MAX_EXPR_CHARS = 20_000
+#: Numeric exponents beyond this are refused: exact powers like 9**9**9 would never finish.
+_MAX_EXPONENT = 1000
 
 
 def exact_number(value: float | int | str) -> sp.Rational:
@@ -133,7 +135,10 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], where: str = "
             if op is None:
                 hint = " (use ** for powers)" if isinstance(node.op, ast.BitXor) else ""
                 raise SpecError(f"{where}: operator {type(node.op).__name__} is not allowed{hint}, in {text!r}")
-            return op(build(node.left), build(node.right))
+            left, right = build(node.left), build(node.right)
+            if isinstance(node.op, ast.Pow) and right.is_number and abs(float(right)) > _MAX_EXPONENT:
+                raise SpecError(f"{where}: exponent {right} is too large (|exponent| <= {_MAX_EXPONENT}), in {text!r}")
+            return op(left, right)
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, ast.USub):
                 return -build(node.operand)

@@ -1,0 +1,694 @@
+"""Small-ε expansions of log p_γ(x), ELBO*(x), the gap and the optimal encoder (THEORY.md C7–C11, C14, C16).
+
+Method (scaled coordinates; see docs/derivations_method.md).  Write ε = γ⁻², h = √ε,
+x = f(z0), J = ∂f/∂z(z0) (n x d), M = JᵀJ, ℓ the log prior, g = ∇ℓ(z0), Hℓ = ∇²ℓ(z0),
+and the Taylor polynomial f(z0 + h w) − x = h P1(w) + h² P2(w) + h³ P3(w) + O(h⁴) with
+P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ T3_i[w, w, w].  Then
+
+* log p (C9, C16).  With z = z0 + h u the exponent ℓ(z) − ‖f(z) − x‖²/(2ε) equals
+  ℓ(z0) − ½ uᵀMu + h X1(u) + h² X2(u) + O(h³), so with u ~ N(0, M⁻¹)
+
+      log_px_red = ℓ(z0) − ½ log det M + log E[exp(h X1 + h² X2 + ...)]
+                 = ℓ(z0) − ½ log det M + ε c1 + O(ε²),   c1 = E[X2] + ½ E[X1²] − ½ E[X1]².
+
+  (E[X1] = 0 and the h³ term vanish by parity; X1, X2 are read off mechanically.)
+
+* ELBO (C10, C16).  For q = N(z0 + ε m, ε S) put z = z0 + h w, w = h m + w', w' ~ N(0, S).
+  Then ELBO_red = d/2 + ½ log det S + E[ℓ(z0 + h w) − ‖f(z0 + h w) − x‖²/(2ε)]
+                = E0(S) + h·0 + ε E1(m, S) + O(ε^{3/2}),
+  E0(S) = d/2 + ½ log det S − ½ tr(MS) + ℓ(z0).  Mean-field: S = diag(t).
+  Stationarity gives t1_k = 1/M_kk, ELBO*_red → ℓ(z0) − Σ log‖J_k‖ (C10); m1 = argmax_m E1(m, t1);
+  the O(ε) shift τ of t (s_k* = ε t1_k + ε² τ_k) solves ∂_t E0(t1 + ετ) + ε ∂_t E1(m1, t1) = O(ε²).
+
+* gap = log p − ELBO* = c_IMA + ε a1 + O(ε²), a1 = c1 − E1(m1, t1) (C11, C16).
+* Full covariance (C14): S* = M⁻¹, so the gap tends to 0; its ε-coefficient is computed too.
+
+The expansion is local: it assumes f is injective (z0 is the only preimage of x) with J(z0) of
+full column rank; for a non-injective decoder (THEORY.md N1) it describes one posterior mode.
+
+Everything is derived once per (n, d) in terms of Taylor-coefficient symbols (cached), then the
+exact derivatives of a model at z0 are substituted; numbers enter only at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Sequence
+
+import mpmath
+import sympy as sp
+
+from .exact import EPS, c_ima_expr
+from .moments import gaussian_expectation, symmetric_symbols
+from .spec import SymbolicModel, SpecError, point_subs
+
+__all__ = [
+    "Expansion",
+    "GenericFormulas",
+    "generic_formulas",
+    "expand_at",
+    "expansion_symbolic",
+    "refined_variance_comparison",
+    "full_covariance_leading_order",
+    "generic_expansion_1d",
+    "latex_symbol_names",
+    "numeric",
+    "H_SQRT_EPS",
+]
+
+#: h = √ε, the scale of the posterior around z0.
+H_SQRT_EPS = sp.Symbol("h", positive=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Generic formulas in Taylor-coefficient symbols
+# ----------------------------------------------------------------------------------------
+
+
+def _sorted_key(idx: Sequence[int]) -> str:
+    return "".join(str(a + 1) for a in sorted(idx))
+
+
+@dataclass(frozen=True)
+class GenericFormulas:
+    """Generic ε-expansion coefficients for decoders R^d -> R^n, in Taylor-coefficient symbols.
+
+    Symbols: ``J`` (n x d), ``T2[i]`` (symmetric d x d, ∂²f_i), ``T3[(i, a, b, c)]`` (symmetric,
+    ∂³f_i), ``g`` (∇ℓ), ``H`` (∇²ℓ), ``Sigma`` (stands for M⁻¹), encoder ``m`` (scaled mean
+    offset, μ = z0 + ε m) and ``S`` (scaled covariance, Cov q = ε S), ``t`` (diagonal of S).
+    """
+
+    n: int
+    d: int
+    J: sp.Matrix
+    T2: tuple[sp.Matrix, ...]
+    T3: dict[tuple[int, int, int, int], sp.Symbol]
+    g: sp.Matrix
+    H: sp.Matrix
+    Sigma: sp.Matrix
+    m: sp.Matrix
+    S: sp.Matrix
+    t: tuple[sp.Symbol, ...]
+    u: tuple[sp.Symbol, ...]
+    X1: sp.Expr  # h-coefficient of the log p exponent (polynomial in u)
+    X2: sp.Expr  # h²-coefficient
+    c1: sp.Expr  # ε-coefficient of log_px_red, in J, T2, T3, g, H, Sigma
+    E1_full: sp.Expr  # ε-coefficient of ELBO_red for q = N(z0 + εm, εS)
+    E1_mf: sp.Expr  # same with S = diag(t)
+    elbo_h1: sp.Expr  # the h-coefficient of ELBO_red (proved 0)
+    logp_h1: sp.Expr  # the h-coefficient of log_px_red, E[X1] (proved 0)
+    parity_ok: bool  # X1 odd and X2 even in u (so every half-integer power of ε vanishes)
+
+    def taylor_symbols(self) -> list[sp.Symbol]:
+        syms = list(self.J) + list(self.g) + list(set(self.H))
+        for T in self.T2:
+            syms += list(set(T))
+        syms += list(set(self.T3.values()))
+        return syms
+
+
+def _taylor_terms(J: sp.Matrix, T2: Sequence[sp.Matrix], T3: dict, w: Sequence[sp.Expr]) -> list[list[sp.Expr]]:
+    """[P1, P2, P3]: f(z0 + h w) − f(z0) = h P1(w) + h² P2(w) + h³ P3(w) + O(h⁴), per output i.
+
+    P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ Σ_abc T3_iabc w_a w_b w_c.
+    """
+    n, d = J.shape
+    wv = sp.Matrix(w)
+    P1 = [(J[i, :] * wv)[0, 0] for i in range(n)]
+    P2 = [sp.Rational(1, 2) * (wv.T * T2[i] * wv)[0, 0] for i in range(n)]
+    P3 = [
+        sp.Rational(1, 6) * sp.Add(*[T3[(i,) + abc] * w[abc[0]] * w[abc[1]] * w[abc[2]] for abc in itertools.product(range(d), repeat=3)])
+        for i in range(n)
+    ]
+    return [P1, P2, P3]
+
+
+def _truncate(expr: sp.Expr, h: sp.Symbol, order: int) -> list[sp.Expr]:
+    """Coefficients of h^0..h^order of a polynomial in h."""
+    poly = sp.Poly(sp.expand(expr), h)
+    coeffs = {k[0]: c for k, c in poly.terms()}
+    return [coeffs.get(k, sp.Integer(0)) for k in range(order + 1)]
+
+
+@lru_cache(maxsize=16)
+def generic_formulas(n: int, d: int) -> GenericFormulas:
+    """Derive the generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16); cached."""
+    if n < d or d < 1:
+        raise ValueError(f"need n >= d >= 1, got n={n}, d={d}")
+    h = H_SQRT_EPS
+    J = sp.Matrix(n, d, lambda i, a: sp.Symbol(f"J_{i + 1}{a + 1}", real=True))
+    T2 = tuple(
+        sp.Matrix(d, d, lambda a, b, i=i: sp.Symbol(f"T2_{i + 1}_{_sorted_key((a, b))}", real=True)) for i in range(n)
+    )
+    T3 = {
+        (i,) + abc: sp.Symbol(f"T3_{i + 1}_{_sorted_key(abc)}", real=True)
+        for i in range(n)
+        for abc in itertools.product(range(d), repeat=3)
+    }
+    g = sp.Matrix(d, 1, lambda a, _: sp.Symbol(f"g_{a + 1}", real=True))
+    H = symmetric_symbols("H", d, real=True)
+    Sigma = symmetric_symbols("Sigma", d, real=True)
+    S = symmetric_symbols("S", d, real=True)
+    m = sp.Matrix(d, 1, lambda a, _: sp.Symbol(f"m_{a + 1}", real=True))
+    t = tuple(sp.Symbol(f"t_{a + 1}", positive=True) for a in range(d))
+    u = tuple(sp.Symbol(f"u_{a + 1}", real=True) for a in range(d))
+    M = J.T * J
+
+    def exponent(w: Sequence[sp.Expr]) -> sp.Expr:
+        """ℓ(z0 + h w) − ℓ(z0) − ‖f(z0 + h w) − x‖²/(2h²), exact through order h².
+
+        ‖Σ_k h^k P_k‖² / (2h²) = Σ_j h^{j−2} · ½ Σ_{k+l=j} P_k·P_l (Cauchy product), kept for
+        j ≤ 4, i.e. orders h⁰..h²; the dropped terms (j ≥ 5, or involving P4, ...) are O(h³)
+        for every w that is O(1) in h.
+        """
+        P = _taylor_terms(J, T2, T3, w)
+        F = sp.Integer(0)
+        for j in range(2, 5):
+            dot = sp.Add(*[P[k - 1][i] * P[j - k - 1][i] for k in range(1, j) for i in range(n)])
+            F += h ** (j - 2) * dot / 2
+        wv = sp.Matrix(w)
+        L = h * (g.T * wv)[0, 0] + h**2 / 2 * (wv.T * H * wv)[0, 0]
+        return L - F
+
+    # --- log p: exponent in u, read off X1, X2 -----------------------------------------
+    ex_u = _truncate(exponent(u), h, 2)
+    uv = sp.Matrix(u)
+    if sp.expand(ex_u[0] + (uv.T * M * uv)[0, 0] / 2) != 0:
+        raise AssertionError("order-h^0 term of the exponent is not -u^T M u / 2")
+    X1, X2 = ex_u[1], ex_u[2]
+    neg = {ui: -ui for ui in u}
+    parity_ok = sp.expand(X1.xreplace(neg) + X1) == 0 and sp.expand(X2.xreplace(neg) - X2) == 0
+    # log E exp(hX1 + h²X2) = h E[X1] + h² (E[X2] + ½E[X1²] − ½E[X1]²) + O(h³)
+    EX1 = gaussian_expectation(X1, u, Sigma)
+    EX2 = gaussian_expectation(X2, u, Sigma)
+    EX1sq = gaussian_expectation(sp.expand(X1**2), u, Sigma)
+    c1 = EX2 + EX1sq / 2 - EX1**2 / 2
+
+    # --- ELBO: z = z0 + h w, w = h m + w', w' ~ N(0, S) ---------------------------------
+    wp = tuple(sp.Symbol(f"w_{a + 1}", real=True) for a in range(d))
+    w = [h * m[a] + wp[a] for a in range(d)]
+    ex_w = _truncate(exponent(w), h, 2)
+    E0_integrand = gaussian_expectation(ex_w[0], wp, S)
+    if sp.expand(E0_integrand + (M * S).trace() / 2) != 0:
+        raise AssertionError("order-h^0 term of the ELBO is not -tr(MS)/2")
+    elbo_h1 = gaussian_expectation(ex_w[1], wp, S)
+    E1_full = gaussian_expectation(ex_w[2], wp, S)
+    diag_sub = {S[a, b]: (t[a] if a == b else sp.Integer(0)) for a in range(d) for b in range(d)}
+    E1_mf = sp.expand(E1_full.xreplace(diag_sub))
+    return GenericFormulas(
+        n=n, d=d, J=J, T2=T2, T3=T3, g=g, H=H, Sigma=Sigma, m=m, S=S, t=t, u=u,
+        X1=X1, X2=X2, c1=c1, E1_full=E1_full, E1_mf=E1_mf,
+        elbo_h1=sp.expand(elbo_h1), logp_h1=sp.expand(EX1), parity_ok=bool(parity_ok),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Model-specific substitution
+# ----------------------------------------------------------------------------------------
+
+
+def _prior_atoms(model: SymbolicModel, k: int) -> tuple[sp.Symbol, sp.Symbol]:
+    """Symbols standing for ℓ_k'(z_k) and ℓ_k''(z_k) in symbolic expansions."""
+    return sp.Symbol(f"ell'_{k + 1}", real=True), sp.Symbol(f"ell''_{k + 1}", real=True)
+
+
+def _derivative_values(
+    model: SymbolicModel, G: GenericFormulas, subs: dict[sp.Symbol, sp.Expr], prior_atoms: bool = False
+) -> tuple[dict[sp.Symbol, sp.Expr], dict[str, Any]]:
+    """Map the generic Taylor symbols to the model's derivatives at z0 (``subs`` maps latents to z0).
+
+    With ``prior_atoms`` (symbolic expansions), a prior factor whose ℓ_k' is not a rational
+    function of z_k (logistic, most custom priors) is represented by the symbols ``ell'_k``,
+    ``ell''_k`` (see :func:`_prior_atoms`), which keeps the formulas readable and fast to cancel.
+    """
+    z = model.latents
+    f = model.decoder
+    ell = model.log_prior()
+    vals: dict[sp.Symbol, sp.Expr] = {}
+    atoms: dict[sp.Symbol, sp.Expr] = {}
+    Jm = sp.zeros(G.n, G.d)
+    for i in range(G.n):
+        fi = f[i, 0]
+        d1 = [sp.diff(fi, z[a]) for a in range(G.d)]
+        for a in range(G.d):
+            Jm[i, a] = d1[a].xreplace(subs)
+            vals[G.J[i, a]] = Jm[i, a]
+        for a, b in itertools.combinations_with_replacement(range(G.d), 2):
+            d2 = sp.diff(d1[a], z[b])
+            vals[G.T2[i][a, b]] = d2.xreplace(subs)
+            for c in range(b, G.d):
+                vals[G.T3[(i, a, b, c)]] = sp.diff(d2, z[c]).xreplace(subs)
+    gvec = [sp.diff(ell, z[a]) for a in range(G.d)]
+    Hm = sp.zeros(G.d, G.d)
+    for a in range(G.d):
+        ga, Haa = gvec[a].xreplace(subs), sp.diff(gvec[a], z[a]).xreplace(subs)
+        if prior_atoms and not (gvec[a].is_rational_function(*z)):
+            s1, s2 = _prior_atoms(model, a)
+            atoms[s1], atoms[s2] = ga, Haa
+            ga, Haa = s1, s2
+        vals[G.g[a]] = ga
+        Hm[a, a] = Haa
+        vals[G.H[a, a]] = Haa
+        for b in range(a + 1, G.d):
+            Hab = sp.diff(gvec[a], z[b]).xreplace(subs)  # 0 for a factorized prior
+            Hm[a, b] = Hm[b, a] = Hab
+            vals[G.H[a, b]] = Hab
+    info = {"J": Jm, "H": Hm, "g": sp.Matrix([vals[G.g[a]] for a in range(G.d)]), "ell0": ell.xreplace(subs), "atoms": atoms}
+    return vals, info
+
+
+def _tidy(expr: sp.Expr, symbolic: bool, gens: Sequence[sp.Symbol] = ()) -> sp.Expr:
+    """Light simplification.
+
+    Exact rationals evaluate by themselves.  Numeric expressions holding transcendental
+    numbers (e.g. exp(3/10) from a logistic prior) are left as built: simplifying them costs
+    seconds and gains nothing, since they are evaluated with ``sp.N`` anyway.  Symbolic results
+    (z0 left free) are cancelled and factored when they are rational functions of ``gens``
+    (the latents and prior atoms) of moderate size; anything else is left unsimplified.
+    """
+    expr = sp.sympify(expr)
+    if expr.is_Rational or not symbolic:
+        return expr
+    if gens and not expr.is_rational_function(*gens):
+        return expr
+    if sp.count_ops(expr) <= _SYMBOLIC_CANCEL_OPS:
+        try:
+            return sp.factor(sp.cancel(sp.together(expr)))
+        except Exception:  # pragma: no cover - sympy internals
+            return expr
+    return expr
+
+
+def numeric(expr: sp.Expr, dps: int = 50) -> mpmath.mpf:
+    """The value of a numeric sympy expression as an mpmath number.
+
+    Rationals are exact; small expressions use sympy's ``evalf`` (guaranteed digits); large
+    unsimplified ones (transcendental decoders or priors at a point) are evaluated directly in
+    ``dps``-digit mpmath arithmetic, which is fast and, at 50 digits, leaves far more than the
+    16 digits a float needs unless the expression cancels catastrophically.
+    """
+    expr = sp.sympify(expr)
+    with mpmath.workdps(dps):
+        if expr.is_Rational:
+            return mpmath.mpf(expr.p) / expr.q
+        if expr.free_symbols:
+            raise ValueError(f"expression is not numeric (symbolic expansion?): {expr}")
+        if sp.count_ops(expr) <= _EVALF_OPS:
+            out = mpmath.mpmathify(sp.N(expr, dps))
+        else:
+            out = _mp_eval(expr, {}, dps)
+        if isinstance(out, mpmath.mpc):
+            if abs(out.imag) > mpmath.mpf(10) ** (-dps // 2) * max(1, abs(out.real)):
+                raise ValueError(f"expression is not real: {out}")
+            out = out.real
+        return +out
+
+
+_MP_FUNCS: dict[type, Any] = {
+    sp.exp: mpmath.exp, sp.log: mpmath.log, sp.sin: mpmath.sin, sp.cos: mpmath.cos, sp.tan: mpmath.tan,
+    sp.tanh: mpmath.tanh, sp.sinh: mpmath.sinh, sp.cosh: mpmath.cosh, sp.atan: mpmath.atan,
+    sp.asinh: mpmath.asinh, sp.erf: mpmath.erf, sp.Abs: mpmath.fabs, sp.loggamma: mpmath.loggamma,
+    sp.gamma: mpmath.gamma,
+}
+
+
+def _mp_eval(expr: sp.Basic, memo: dict, dps: int) -> Any:
+    """Evaluate a numeric sympy tree in the current mpmath precision, memoizing shared subtrees."""
+    hit = memo.get(expr)
+    if hit is not None:
+        return hit
+    if expr.is_Rational:
+        val = mpmath.mpf(expr.p) / expr.q
+    elif expr is sp.pi:
+        val = +mpmath.pi
+    elif expr is sp.E:
+        val = +mpmath.e
+    elif expr.is_Add:
+        val = mpmath.fsum(_mp_eval(a, memo, dps) for a in expr.args)
+    elif expr.is_Mul:
+        val = mpmath.fprod(_mp_eval(a, memo, dps) for a in expr.args)
+    elif expr.is_Pow:
+        base = _mp_eval(expr.base, memo, dps)
+        e = expr.exp
+        val = base ** int(e) if e.is_Integer else base ** _mp_eval(e, memo, dps)
+    elif type(expr) in _MP_FUNCS and len(expr.args) == 1:
+        val = _MP_FUNCS[type(expr)](_mp_eval(expr.args[0], memo, dps))
+    else:
+        val = mpmath.mpmathify(sp.N(expr, dps))
+    memo[expr] = val
+    return val
+
+
+#: Numeric expressions up to this size are evaluated with sympy's evalf, larger ones with mpmath.
+_EVALF_OPS = 300
+
+
+def _vanishes(expr: sp.Expr, gens: Sequence[sp.Symbol] = ()) -> bool:
+    """expr == 0: exactly when sympy can tell (rational numbers, rational functions, logs that
+    expand to zero); numbers otherwise to 40 digits; symbolic non-rational expressions by
+    evaluation at three fixed points to 40 digits (a guard, not a proof)."""
+    expr = sp.sympify(expr)
+    if expr == 0:
+        return True
+    if expr.has(sp.log) and sp.count_ops(expr) <= _EVALF_OPS:
+        if sp.expand_log(sp.expand(expr), force=True) == 0:
+            return True
+    free = sorted(expr.free_symbols, key=str)
+    if not free:
+        return abs(numeric(expr, 60)) < mpmath.mpf(10) ** -40
+    if expr.is_rational_function(*free):
+        return sp.cancel(sp.together(expr)) == 0
+    for shift in (sp.Rational(3, 7), sp.Rational(-5, 11), sp.Rational(2, 13)):
+        pt = {s: shift + sp.Rational(k, 17) for k, s in enumerate(free)}
+        if abs(numeric(expr.xreplace(pt), 60)) > mpmath.mpf(10) ** -40:
+            return False
+    return True
+
+
+#: Largest symbolic expression (sympy count_ops) that :func:`_tidy` tries to cancel.
+_SYMBOLIC_CANCEL_OPS = 6000
+
+
+def _n30(expr: sp.Expr) -> float:
+    """Float value of a numeric result (see :func:`numeric`)."""
+    return float(numeric(expr, 50))
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """ε-expansion of the gap, optimal encoder, log p and ELBO* at x = f(z0) (THEORY.md C7–C11, C14, C16).
+
+    * gap = log p_γ(x) − ELBO*(x) = c_ima + a1 ε + O(ε²)                         (C11, C16)
+    * μ* = z0 + mu1 ε + O(ε²)                                                    (C7, C16)
+    * s_k* = s1_k ε + s2_k ε² + O(ε³), s1_k = 1/‖J_k‖²                           (C8, C16)
+    * reduced log p = log_px[0] + log_px[1] ε + O(ε²), log_px[0] = ℓ(z0) − ½ log det M  (C9)
+    * reduced ELBO* = elbo_star[0] + elbo_star[1] ε + O(ε²), elbo_star[0] = ℓ(z0) − Σ log‖J_k‖ (C10)
+    * full_cov_gap0: the ε → 0 limit of the full-covariance gap (C14), proved 0; full_cov_a1 its ε-term.
+    * refined_s2: ε² coefficient of the paper's refined variance (γ²‖J_k‖² − ℓ_k''(z0_k))⁻¹ (C8).
+
+    "Reduced" = with (n−d)/2·log(γ²/2π) removed.  ``normalized`` is False when a prior factor is
+    unnormalized and no ``log_normalizer`` was supplied: then log_px[0] and elbo_star[0] are
+    only defined up to that constant (the gap, μ*, s* are unaffected).
+    """
+
+    model_name: str
+    point: tuple[sp.Expr, ...]
+    c_ima: sp.Expr
+    a1: sp.Expr
+    mu1: tuple[sp.Expr, ...]
+    s1: tuple[sp.Expr, ...]
+    s2: tuple[sp.Expr, ...]
+    log_px: tuple[sp.Expr, sp.Expr]
+    elbo_star: tuple[sp.Expr, sp.Expr]
+    full_cov_gap0: sp.Expr
+    refined_s2: tuple[sp.Expr, ...]
+    full_cov_a1: sp.Expr = sp.Integer(0)
+    normalized: bool = True
+    symbolic: bool = False
+    atoms: dict[sp.Symbol, sp.Expr] = field(default_factory=dict, compare=False, hash=False)
+    checks: dict[str, bool] = field(default_factory=dict, compare=False, hash=False)
+
+    def as_floats(self) -> dict[str, Any]:
+        """JSON-ready floats: each value evaluated to ≥ 30 digits (see :func:`numeric`), then rounded."""
+        fl = lambda seq: [_n30(e) for e in seq]  # noqa: E731
+        return {
+            "gap": [_n30(self.c_ima), _n30(self.a1)],
+            "mu_star": [fl(self.point), fl(self.mu1)],
+            "s2_star": [fl(self.s1), fl(self.s2)],
+            "log_px": fl(self.log_px),
+            "elbo_star": fl(self.elbo_star),
+            "full_cov_gap": [_n30(self.full_cov_gap0), _n30(self.full_cov_a1)],
+            "refined_s2": fl(self.refined_s2),
+            "normalized": self.normalized,
+        }
+
+    def latex(self) -> str:
+        """A LaTeX ``align*`` block with every coefficient (ε = γ⁻²)."""
+        names = latex_symbol_names(self)
+        L = lambda e: sp.latex(e, symbol_names=names)  # noqa: E731
+        z0 = ", ".join(L(p) for p in self.point)
+        vec = lambda xs: r"\left(" + ", ".join(L(x) for x in xs) + r"\right)"  # noqa: E731
+        lines = [
+            rf"z_0 &= \left({z0}\right)",
+            rf"\log p_\gamma(x) - \mathrm{{ELBO}}^*(x) &= {L(self.c_ima)} + \varepsilon\,\left({L(self.a1)}\right) + O(\varepsilon^2)",
+            rf"\mu^* - z_0 &= \varepsilon\,{vec(self.mu1)} + O(\varepsilon^2)",
+            rf"s^* &= \varepsilon\,{vec(self.s1)} + \varepsilon^2\,{vec(self.s2)} + O(\varepsilon^3)",
+            rf"\text{{refined variance, }}\varepsilon^2\text{{-coefficient}} &= {vec(self.refined_s2)}",
+            rf"\log p_\gamma(x) - \tfrac{{n-d}}{{2}}\log\tfrac{{\gamma^2}}{{2\pi}} &= {L(self.log_px[0])} + \varepsilon\,\left({L(self.log_px[1])}\right) + O(\varepsilon^2)",
+            rf"\mathrm{{ELBO}}^*(x) - \tfrac{{n-d}}{{2}}\log\tfrac{{\gamma^2}}{{2\pi}} &= {L(self.elbo_star[0])} + \varepsilon\,\left({L(self.elbo_star[1])}\right) + O(\varepsilon^2)",
+            rf"\text{{full-covariance gap}} &= {L(self.full_cov_gap0)} + \varepsilon\,\left({L(self.full_cov_a1)}\right) + O(\varepsilon^2)",
+        ]
+        return "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}"
+
+
+def latex_symbol_names(exp: "Expansion | None" = None) -> dict[sp.Symbol, str]:
+    """LaTeX names for the auxiliary symbols: prior atoms ``ell'_k`` and the generic 1-D symbols."""
+    names: dict[sp.Symbol, str] = {}
+    if exp is not None:
+        for s in exp.atoms:
+            k = str(s).split("_")[-1]
+            prime = "''" if "''" in str(s) else "'"
+            names[s] = rf"\ell_{{{k}}}{prime}(z_{{{k}}})"
+    f1 = sp.Symbol("f1", positive=True)
+    f2, f3, l1, l2, l0 = sp.symbols("f2 f3 l1 l2 ell0", real=True)
+    names.update({f1: "f'", f2: "f''", f3: "f'" + "''", l1: r"\ell'", l2: r"\ell''", l0: r"\ell(z_0)"})
+    return names
+
+
+def _expand(model: SymbolicModel, point: Sequence[sp.Expr], log_normalizer: sp.Expr, symbolic: bool) -> Expansion:
+    G = generic_formulas(model.n, model.d)
+    subs = point_subs(model, point)
+    vals, info = _derivative_values(model, G, subs, prior_atoms=symbolic)
+    atoms: dict[sp.Symbol, sp.Expr] = info["atoms"]
+    normalized = all(p.normalized for p in model.priors) or log_normalizer != 0
+    return _expand_core(
+        G, model.name, tuple(sp.sympify(p) for p in point), vals, info["J"], info["H"], info["ell0"] - log_normalizer,
+        atoms, tuple(model.latents) + tuple(atoms), symbolic, bool(normalized),
+    )
+
+
+def _expand_core(
+    G: GenericFormulas,
+    name: str,
+    point: tuple[sp.Expr, ...],
+    vals: dict[sp.Symbol, sp.Expr],
+    J: sp.Matrix,
+    Hm: sp.Matrix,
+    ell0: sp.Expr,
+    atoms: dict[sp.Symbol, sp.Expr],
+    gens: tuple[sp.Symbol, ...],
+    symbolic: bool,
+    normalized: bool,
+) -> Expansion:
+    """Evaluate the generic formulas ``G`` at Taylor values ``vals`` (J, Hm: the same as matrices)."""
+    d = G.d
+
+    def tidy(e: sp.Expr) -> sp.Expr:
+        return _tidy(e, symbolic, gens)
+
+    M = (J.T * J).applyfunc(tidy)
+    detM = tidy(M.det())
+    if detM == 0:
+        raise ValueError(f"{name}: J(z0) is rank-deficient at z0 = {tuple(point)}; the expansion needs full column rank")
+    Minv = (M.inv() if not symbolic else M.adjugate() / detM).applyfunc(tidy)
+    sig_sub = {G.Sigma[a, b]: Minv[a, b] for a in range(d) for b in range(d)}
+
+    # log p (C9, C16): log_px_red = ℓ0 − ½ log det M + ε c1
+    c1 = tidy(G.c1.xreplace(vals).xreplace(sig_sub))
+    log_px0 = ell0 - sp.log(detM) / 2
+
+    # mean-field ELBO (C10, C16): E0(t) = d/2 + ½Σ log t − ½ Σ t_k M_kk + ℓ0, then ε E1(m, t)
+    t = G.t
+    E0 = sp.Rational(d, 2) + sum(sp.log(tk) for tk in t) / 2 - sum(t[k] * M[k, k] for k in range(d)) / 2 + ell0
+    t1 = []
+    for k in range(d):
+        sol = sp.solve(sp.diff(E0, t[k]), t[k])
+        if len(sol) != 1:
+            raise RuntimeError(f"no unique stationary t_{k + 1}: {sol}")
+        t1.append(tidy(sol[0]))
+    t1_sub = dict(zip(t, t1))
+    E1 = G.E1_mf.xreplace(vals)
+    grad_m = [sp.diff(E1, G.m[a]).xreplace(t1_sub) for a in range(d)]
+    Amat, rhs = sp.linear_eq_to_matrix(grad_m, list(G.m))
+    m1 = Amat.LUsolve(rhs).applyfunc(tidy)
+    m1_sub = {G.m[a]: m1[a] for a in range(d)}
+    E1_star = tidy(E1.xreplace(m1_sub).xreplace(t1_sub))
+    elbo0 = ell0 - sum(sp.log(M[k, k]) for k in range(d)) / 2
+    check_elbo0 = _vanishes(E0.xreplace(t1_sub) - elbo0)
+    # s2 from ∂_t E0(t1 + ετ) + ε ∂_t E1(m1, t1 + ετ) = O(ε²)
+    tau = sp.symbols(f"tau1:{d + 1}")
+    shift = {t[j]: t1[j] + EPS * tau[j] for j in range(d)}
+    eqs = []
+    for k in range(d):
+        stat = sp.diff(E0, t[k]).xreplace(shift) + EPS * sp.diff(E1, t[k]).xreplace(m1_sub).xreplace(shift)
+        if not _vanishes(stat.subs(EPS, 0), gens):
+            raise AssertionError("t1 is not stationary for E0")
+        eqs.append(sp.diff(stat, EPS).subs(EPS, 0))
+    # The system is linear in τ; E0 is separable in t, so its matrix is diagonal.
+    Atau, btau = sp.linear_eq_to_matrix(eqs, list(tau))
+    if Atau.is_diagonal():
+        tau_sol = [btau[k] / Atau[k, k] for k in range(d)]
+    else:  # pragma: no cover - E0 is separable, kept for safety
+        tau_sol = list(Atau.LUsolve(btau))
+    s2 = tuple(tidy(v) for v in tau_sol)
+
+    # full covariance (C14): E0_full(S) = d/2 + ½ log det S − ½ tr(MS) + ℓ0, maximized at S = M⁻¹
+    E0_full_star = sp.Rational(d, 2) - sp.log(detM) / 2 - tidy((M * Minv).trace()) / 2 + ell0
+    # Identically 0 (proved for generic SPD M by full_covariance_leading_order); here the
+    # concrete difference is checked and, when it vanishes, recorded as exact 0.
+    full_cov_gap0_ok = _vanishes(log_px0 - E0_full_star)
+    full_cov_gap0 = sp.Integer(0) if full_cov_gap0_ok else sp.expand_log(log_px0 - E0_full_star, force=True)
+    S_sub = {G.S[a, b]: Minv[a, b] for a in range(d) for b in range(d)}
+    E1f = G.E1_full.xreplace(vals).xreplace(S_sub)
+    grad_f = [sp.diff(E1f, G.m[a]) for a in range(d)]
+    Af, rf = sp.linear_eq_to_matrix(grad_f, list(G.m))
+    mf = Af.LUsolve(rf)
+    full_cov_a1 = tidy(c1 - E1f.xreplace({G.m[a]: mf[a] for a in range(d)}))
+
+    # C8: refined variance (γ²‖J_k‖² − ℓ_k'')⁻¹ = ε/(M_kk − ε ℓ_k''): its ε² coefficient
+    refined = tuple(tidy(sp.series(EPS / (M[k, k] - EPS * Hm[k, k]), EPS, 0, 3).removeO().coeff(EPS, 2)) for k in range(d))
+
+    ratio = tidy(sp.Mul(*[M[k, k] for k in range(d)]) / detM)
+    c_ima = sp.log(ratio) / 2  # = Σ log‖J_k‖ − ½ log det M  (c_ima_expr's form)
+    if not _vanishes(sp.expand_log(c_ima - c_ima_expr(J), force=True)):  # pragma: no cover - consistency guard
+        raise AssertionError("c_IMA mismatch")
+    a1 = tidy(c1 - E1_star)
+    checks = {
+        "parity": G.parity_ok,
+        "elbo_half_order_zero": G.elbo_h1 == 0,
+        "logp_half_order_zero": G.logp_h1 == 0,
+        "elbo0_is_l0_minus_sum_log_norms": bool(check_elbo0),
+        "full_cov_gap0_zero": bool(full_cov_gap0_ok),
+    }
+    return Expansion(
+        model_name=name,
+        point=point,
+        c_ima=c_ima,
+        a1=a1,
+        mu1=tuple(m1),
+        s1=tuple(t1),
+        s2=s2,
+        log_px=(log_px0, c1),
+        elbo_star=(elbo0, E1_star),
+        full_cov_gap0=full_cov_gap0,
+        refined_s2=refined,
+        full_cov_a1=full_cov_a1,
+        normalized=normalized,
+        symbolic=symbolic,
+        atoms=atoms,
+        checks=checks,
+    )
+
+
+def expand_at(model: SymbolicModel, point: Sequence[Any], log_normalizer: float | sp.Expr = 0) -> Expansion:
+    """The ε-expansion (THEORY.md C7–C11, C14, C16) of ``model`` at x = f(z0), z0 = ``point``.
+
+    ``point`` entries are converted to exact rationals (floats, also numpy and sympy floats, via
+    their shortest repr; sympy expressions such as ``sp.sqrt(2)`` are kept as they are).
+    ``log_normalizer`` is subtracted from the log prior ℓ: pass log ∫exp(ℓ) for a custom
+    (unnormalized) prior to get normalized log p / ELBO* constants; it changes only
+    ``log_px[0]`` and ``elbo_star[0]`` (the gap, μ*, s* do not depend on it).
+    """
+    from .spec import exact_number
+
+    pt: list[sp.Expr] = []
+    for p in point:
+        if isinstance(p, sp.Float):
+            pt.append(exact_number(float(p)))
+        elif isinstance(p, sp.Basic):
+            pt.append(p)
+        elif isinstance(p, numbers.Integral):
+            pt.append(sp.Integer(int(p)))
+        elif isinstance(p, numbers.Real):
+            pt.append(exact_number(float(p)))
+        else:
+            pt.append(exact_number(p))
+    if len(pt) != model.d:
+        raise SpecError(f"dimension mismatch: point has {len(pt)} coordinates, model has d = {model.d}")
+    return _expand(model, pt, sp.sympify(log_normalizer), symbolic=False)
+
+
+def expansion_symbolic(model: SymbolicModel, log_normalizer: float | sp.Expr = 0) -> Expansion:
+    """:func:`expand_at` with z0 left symbolic (z0 = the latents z1..zd): formulas valid at every z0.
+
+    Results are cancelled/factored when they are small enough; large ones are left unsimplified.
+    """
+    return _expand(model, list(model.latents), sp.sympify(log_normalizer), symbolic=True)
+
+
+def generic_expansion_1d() -> Expansion:
+    """The expansion for a generic scalar model x = f(z) + noise, z ~ p (n = d = 1), in symbols.
+
+    ``f1, f2, f3`` stand for the first three derivatives of f at z0 and ``l1, l2`` for ℓ', ℓ''
+    (``ell0`` for ℓ(z0)).  For d = 1 mean-field is full covariance and c_IMA = 0, so the gap is
+    O(ε) with a1 = full_cov_a1.
+    """
+    G = generic_formulas(1, 1)
+    f1 = sp.Symbol("f1", positive=True)
+    f2, f3, l1, l2, l0 = sp.symbols("f2 f3 l1 l2 ell0", real=True)
+    vals = {G.J[0, 0]: f1, G.T2[0][0, 0]: f2, G.T3[(0, 0, 0, 0)]: f3, G.g[0]: l1, G.H[0, 0]: l2}
+    return _expand_core(
+        G, "generic 1-D", (sp.Symbol("z0", real=True),), vals, sp.Matrix([[f1]]), sp.Matrix([[l2]]), l0,
+        {}, (f1, f2, f3, l1, l2), True, True,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# C8 and C14 helpers
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefinedVarianceComparison:
+    """C8: the ε² coefficient of s_k* (from the expansion) against the paper's refined formula."""
+
+    s2: tuple[sp.Expr, ...]
+    refined_s2: tuple[sp.Expr, ...]
+    difference: tuple[sp.Expr, ...]
+    equal: bool  # every coordinate equal (exactly, or to 30 digits where sympy cannot decide; see _vanishes)
+
+
+def refined_variance_comparison(exp: Expansion) -> RefinedVarianceComparison:
+    """Compare ``exp.s2`` with ``exp.refined_s2`` (THEORY.md C8): equal for linear decoders only."""
+    gens = tuple(exp.point) + tuple(exp.atoms)
+    diffs = tuple(_tidy(a - b, exp.symbolic, gens) if exp.symbolic else sp.sympify(a - b) for a, b in zip(exp.s2, exp.refined_s2))
+    eq = all(_vanishes(dd) for dd in diffs)
+    return RefinedVarianceComparison(exp.s2, exp.refined_s2, diffs, eq)
+
+
+@dataclass(frozen=True)
+class FullCovarianceLeadingOrder:
+    """C14 at leading order, for a generic symmetric positive-definite M."""
+
+    d: int
+    stationary_S: sp.Matrix
+    elbo0: sp.Expr  # max_S E0_full(S) − ℓ0
+    gap0: sp.Expr  # (−½ log det M) − elbo0: proved 0
+    verified: bool
+
+
+def full_covariance_leading_order(d: int = 2) -> FullCovarianceLeadingOrder:
+    """C14 symbolically: max_S [d/2 + ½ log det S − ½ tr(MS)] = −½ log det M at S = M⁻¹.
+
+    Solves the stationarity equations in the entries of a symmetric S for a generic symbolic M
+    (d ≤ 2 solved by sympy), so the full-covariance gap tends to 0 for every decoder.  The
+    stationary point is the maximum because E0 is strictly concave in S (log det is concave).
+    """
+    if d not in (1, 2):
+        raise ValueError("full_covariance_leading_order solves d = 1 or 2")
+    M = symmetric_symbols("M", d, real=True)
+    M = M.xreplace({M[k, k]: sp.Symbol(f"M_{k + 1}{k + 1}", positive=True) for k in range(d)})
+    S = symmetric_symbols("S", d, real=True)
+    E0 = sp.Rational(d, 2) + sp.log(S.det()) / 2 - (M * S).trace() / 2
+    unknowns = sorted(set(S), key=str)
+    sols = sp.solve([sp.diff(E0, s) for s in unknowns], unknowns, dict=True)
+    if len(sols) != 1:
+        raise RuntimeError(f"unexpected stationary set: {sols}")
+    Sst = S.xreplace(sols[0]).applyfunc(sp.simplify)
+    ok_S = (Sst - M.inv()).applyfunc(sp.simplify) == sp.zeros(d, d)
+    elbo0 = sp.simplify(E0.xreplace(sols[0]))
+    gap0 = sp.simplify(sp.expand_log(-sp.log(M.det()) / 2 - elbo0, force=True))
+    return FullCovarianceLeadingOrder(d, Sst, elbo0, gap0, bool(ok_S and gap0 == 0))

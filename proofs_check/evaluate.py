@@ -28,7 +28,7 @@ from numerics.models import Model, resolve_device
 from numerics.posterior import divergent_term, find_modes, log_marginal_gh
 from theory.spec import SpecError, SymbolicModel
 
-from .bridge import numeric_model, point_tensor
+from .bridge import log_normalizers, numeric_model, point_tensor
 
 
 @dataclass
@@ -123,20 +123,22 @@ def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = 
     pts = [point_tensor(p, dev) for p in sym.points]
     results = evaluate_points(model, pts, list(sym.gamma2))
     if predictions:
-        attach_predictions(sym, results)
+        attach_predictions(sym, results, log_normalizer=sum(log_normalizers(model)))
     return Evaluation(sym, results, time.perf_counter() - t0, str(dev))
 
 
-def attach_predictions(sym: SymbolicModel, results: list[dict[str, Any]]) -> None:
-    """Add the symbolic expansion coefficients (theory.expansions) to each result."""
-    try:
-        from theory.expansions import expand_at
-    except ImportError:  # theory expansions not available
-        return
+def attach_predictions(sym: SymbolicModel, results: list[dict[str, Any]], log_normalizer: float = 0.0) -> None:
+    """Add the symbolic expansion coefficients (theory.expansions.expand_at) to each result.
+
+    ``log_normalizer`` is the numerically computed log normalizer of user-given prior
+    log-densities (0 for the closed-form priors), so that the predicted log p and ELBO*
+    constants refer to the normalized prior, as the numerics do."""
+    from theory.expansions import expand_at
+
     cache: dict[tuple, dict[str, Any]] = {}
     for r in results:
         key = tuple(r["latent"])
         if key not in cache:
             i = [tuple(float(v) for v in p) for p in sym.points].index(key)
-            cache[key] = expand_at(sym, sym.points[i]).as_floats()
+            cache[key] = expand_at(sym, sym.points[i], log_normalizer=log_normalizer).as_floats()
         r["prediction"] = cache[key]

@@ -191,7 +191,7 @@ class SymbolicPrior1D:
     @property
     def label(self) -> str:
         if self.kind == "custom":
-            return f"custom({self.logpdf})"
+            return f"custom({self.logpdf.subs(PRIOR_VARIABLE, sp.Symbol('z'))})"
         if not self.params:
             return self.kind
         return f"{self.kind}({', '.join(str(p) for p in self.params)})"

@@ -257,5 +257,13 @@ def elbo_qmc(
     arr = np.asarray(means)
     value = float(arr.mean()) + _elbo_constant(model, gamma2, s, reduced)
     err = float(arr.std(ddof=1)) / math.sqrt(replicates)
-    info = {"error_kind": "replicate_error", "num_points": int(num_points), "replicates": int(replicates), "seed": int(seed), "reduced": reduced}
+    shift = _elbo_constant(model, gamma2, s, reduced)
+    info = {
+        "error_kind": "replicate_error",
+        "num_points": int(num_points),
+        "replicates": int(replicates),
+        "seed": int(seed),
+        "reduced": reduced,
+        "replicate_values": [float(v) + shift for v in arr],  # one estimate per scrambling
+    }
     return Estimate(value, err, "randomized_qmc", info)

@@ -130,7 +130,7 @@ def elbo_star(
     for li, k in enumerate(levels):
         nodes, logw = gauss_hermite(k, d, device=device)
         fun = _elbo_red_scaled(model, nodes, logw)
-        res = newton_maximize(fun, params, (Xb, Eb, Mb), max_iter=max_iter, tol=1e-20)
+        res = newton_maximize(fun, params, (Xb, Eb, Mb), max_iter=max_iter, tol=1e-20, value_noise=rb)
         bad = ~res.converged
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
@@ -217,7 +217,7 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     res = None
     for li, k in enumerate(levels):
         nodes, logw = gauss_hermite(k, d, device=device)
-        res = newton_maximize(_elbo_red_fullcov(model, nodes, logw), params, args, tol=1e-20)
+        res = newton_maximize(_elbo_red_fullcov(model, nodes, logw), params, args, tol=1e-20, value_noise=rb)
         if not bool(res.converged.all()):
             i = int((~res.converged).nonzero()[0])
             raise ConvergenceError(f"full-covariance ELBO* did not converge at γ² = {posts[i].gamma2:g}")

@@ -36,6 +36,7 @@ def newton_maximize(
     max_iter: int = 100,
     tol: float = 1e-20,
     step_tol: float = 1e-15,
+    value_noise: Tensor | None = None,
 ) -> NewtonResult:
     """Maximize ``fun(x, *args)`` (x of shape (p,), args per item) for a batch of items.
 
@@ -44,6 +45,11 @@ def newton_maximize(
     backtracking line search (Armijo).  An item is converged when its Newton decrement
     ½ gᵀ|H|⁻¹ g is below ``tol`` or its step is below ``step_tol``·(1 + |x|).
     Items that never converge are reported, not hidden (``converged`` is False).
+
+    ``value_noise`` (per item, optional) is the floating-point noise of ``fun``'s value: a
+    step whose predicted gain 2·decrement is below it is accepted without the line search
+    (which cannot resolve it), and an item whose decrement is below 1e-3·value_noise is
+    converged (the remaining gain is far below what the value can resolve).
     """
     vfun = vmap(fun)
     vgrad = vmap(grad(fun))
@@ -52,6 +58,7 @@ def newton_maximize(
     B, p = x.shape
     alphas = torch.tensor([0.5**k for k in range(30)], dtype=x.dtype, device=x.device)
     done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    noise = torch.zeros(B, dtype=x.dtype, device=x.device) if value_noise is None else value_noise.to(x)
     val = vfun(x, *args)
     it = 0
     for it in range(1, max_iter + 1):
@@ -65,7 +72,7 @@ def newton_maximize(
         step = (V @ (gV / lam_c).unsqueeze(-1)).squeeze(-1)
         dec = 0.5 * (gV * gV / lam_c).sum(-1)
         small_step = step.abs().amax(-1) <= step_tol * (1 + x.abs().amax(-1))
-        newly_done = (dec <= tol) | small_step
+        newly_done = (dec <= tol) | small_step | (dec <= 1e-3 * noise)
         done = done | newly_done
         if bool(done.all()):
             break
@@ -77,7 +84,7 @@ def newton_maximize(
         cvals = torch.where(torch.isfinite(cvals), cvals, torch.full_like(cvals, -torch.inf))
         armijo = cvals >= val.unsqueeze(1) + 1e-4 * alphas.view(1, -1) * (2 * dec).unsqueeze(1)
         # when the predicted increase is below rounding, accept the full Newton step
-        tiny = (2 * dec) <= 1e-13 * (1 + val.abs())
+        tiny = ((2 * dec) <= 1e-13 * (1 + val.abs())) | ((2 * dec) <= noise)
         armijo[:, 0] = armijo[:, 0] | (tiny & torch.isfinite(cvals[:, 0]))
         first = torch.where(armijo.any(1), armijo.float().argmax(1), cvals.argmax(1))
         new_x = cand[torch.arange(B), first]
@@ -92,5 +99,5 @@ def newton_maximize(
     gV = (V.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
     lam_c = torch.maximum(lam.abs(), (lam.abs().amax(-1, keepdim=True) * 1e-12).clamp_min(1e-300))
     dec = 0.5 * (gV * gV / lam_c).sum(-1)
-    converged = done | (dec <= tol)
+    converged = done | (dec <= tol) | (dec <= 1e-3 * noise)
     return NewtonResult(x, vfun(x, *args), g, H, dec, converged, it)

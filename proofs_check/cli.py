@@ -232,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _set_threads() -> None:
+    """One intra-op thread by default: the work is many tiny batched linear-algebra calls,
+    where a second thread only adds synchronization (10-25x slower on a loaded 2-core
+    machine, docs/performance.md).  GAPCHECK_THREADS=N overrides."""
+    import torch
+
+    try:
+        n = int(os.environ.get("GAPCHECK_THREADS", "1"))
+    except ValueError:
+        raise UserError("GAPCHECK_THREADS must be a positive integer") from None
+    torch.set_num_threads(max(1, n))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -244,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from theory.spec import SpecError
 
     try:
+        _set_threads()
         return int(args.func(args))
     except (SpecError, ModelError, SingularJacobianError, UserError) as exc:
         print(f"gapcheck: error: {exc}", file=sys.stderr)

@@ -133,9 +133,58 @@ def _truncate(expr: sp.Expr, h: sp.Symbol, order: int) -> list[sp.Expr]:
     return [coeffs.get(k, sp.Integer(0)) for k in range(order + 1)]
 
 
+def _disk_cache_path(n: int, d: int) -> "Path | None":
+    """Where the generic (n, d) formulas are cached between processes: $GAPCHECK_CACHE_DIR or
+    ~/.cache/gapcheck, keyed by sympy's version and a hash of this module's source (so a
+    change of the derivation invalidates it).  None when caching is disabled
+    (GAPCHECK_CACHE_DIR=off)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("GAPCHECK_CACHE_DIR")
+    if root == "off":
+        return None
+    base = Path(root) if root else Path.home() / ".cache" / "gapcheck"
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return base / f"generic_n{n}_d{d}_sympy{sp.__version__}_{digest}.pickle"
+
+
 @lru_cache(maxsize=16)
 def generic_formulas(n: int, d: int) -> GenericFormulas:
-    """Derive the generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16); cached."""
+    """The generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16), derived by
+    :func:`derive_generic_formulas`; cached in memory and, best effort, on disk (a cache that
+    cannot be read or written is ignored: the formulas are then derived again)."""
+    import os
+    import pickle
+    import tempfile
+
+    path = _disk_cache_path(n, d)
+    if path is not None and path.is_file():
+        try:
+            with open(path, "rb") as fh:
+                cached = pickle.load(fh)
+            if isinstance(cached, GenericFormulas):
+                return cached
+        except Exception:  # a corrupt or foreign cache file: derive again
+            pass
+    G = derive_generic_formulas(n, d)
+    if path is not None:
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(G, fh)
+            os.replace(tmp, path)
+        except Exception:  # caching is an optimization only
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    return G
+
+
+def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
+    """Derive the generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16)."""
     if n < d or d < 1:
         raise ValueError(f"need n >= d >= 1, got n={n}, d={d}")
     h = H_SQRT_EPS

@@ -120,10 +120,6 @@ KNOWN_BAD = {
     # the algebraic (Student-t) posterior tails at γ² ≪ 1; log_marginal_gh flags it
     # (converged = False) and its reported error (3.5e-5) does bound the actual error (2e-6).
     ("embed3_t5", (0.5, -1.0), 1e-2, "log_px"): "GH on Student-t posterior tails at γ² = 1e-2: float64 error 2e-6",
-    # elbo_star's Newton iteration needs a decrement ≤ 1e-20, below the float64 noise floor
-    # of the objective at γ² ≳ 1e10, and its line search rejects steps whose predicted gain
-    # is below that noise: ConvergenceError after 100 iterations (bug report in the PR).
-    ("oned", (-1.9,), 1e12, "elbo_star"): "elbo_star ConvergenceError at γ² = 1e12 (Newton tolerance below float64 noise)",
 }
 RECORDS = [r for r in RECORDS if (r.model, r.point, r.gamma2, r.quantity) not in KNOWN_BAD]
 

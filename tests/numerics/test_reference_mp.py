@@ -115,11 +115,10 @@ RECORDS = _records()
 #: Known failures, held out of the regular records and checked one by one by
 #: test_known_bad_records, which xfails while the failure stands and fails once it is fixed
 #: (so the record gets moved back):
-KNOWN_BAD = {
-    # Tensor Gauss–Hermite in the Laplace-scaled coordinates converges only algebraically on
-    # the algebraic (Student-t) posterior tails at γ² ≪ 1; log_marginal_gh flags it
-    # (converged = False) and its reported error (3.5e-5) does bound the actual error (2e-6).
-    ("embed3_t5", (0.5, -1.0), 1e-2, "log_px"): "GH on Student-t posterior tails at γ² = 1e-2: float64 error 2e-6",
+KNOWN_BAD: dict = {
+    # Records that fail for a known, documented limitation go here (model, point, γ², quantity):
+    # reason.  Both earlier entries (Student-t tails at γ² = 1e-2, ELBO* at γ² = 1e12) were
+    # fixed: the sinh-mapped trapezoid fallback and Newton's float64 noise floor.
 }
 RECORDS = [r for r in RECORDS if (r.model, r.point, r.gamma2, r.quantity) not in KNOWN_BAD]
 

@@ -18,7 +18,7 @@ from .bridge import numeric_model, point_tensor
 from .evaluate import evaluate_points
 
 #: Built-in model specs shipped in proofs_check/models/.
-BUILTIN_MODELS = ("linear", "triangular", "ima", "mobius", "embedding", "noninjective")
+BUILTIN_MODELS = ("linear", "triangular", "ima", "mobius", "embedding", "mlp", "noninjective")
 
 
 def builtin_spec(name: str) -> SymbolicModel:

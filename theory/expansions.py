@@ -553,11 +553,17 @@ def _expand_core(
     t = G.t
     E0 = sp.Rational(d, 2) + sum(sp.log(tk) for tk in t) / 2 - sum(t[k] * M[k, k] for k in range(d)) / 2 + ell0
     t1 = []
+    # E0 is separable in t; solve ∂E0/∂t_k = 0 with M_kk as a positive placeholder symbol and
+    # substitute afterwards (sympy's solve simplifies its input, which takes minutes when M_kk
+    # is a large transcendental expression, e.g. for tanh decoders)
+    mkk = sp.Symbol("M_kk_placeholder", positive=True)
     for k in range(d):
-        sol = sp.solve(sp.diff(E0, t[k]), t[k])
+        E0k = E0.xreplace({M[k, k]: mkk}) if M[k, k].free_symbols or not M[k, k].is_Rational else E0
+        stat = sp.diff(E0k, t[k]).xreplace({M[k, k]: mkk})
+        sol = sp.solve(stat, t[k])
         if len(sol) != 1:
             raise RuntimeError(f"no unique stationary t_{k + 1}: {sol}")
-        t1.append(tidy(sol[0]))
+        t1.append(tidy(sol[0].xreplace({mkk: M[k, k]})))
     t1_sub = dict(zip(t, t1))
     E1 = G.E1_mf.xreplace(vals)
     grad_m = [sp.diff(E1, G.m[a]).xreplace(t1_sub) for a in range(d)]
@@ -598,7 +604,11 @@ def _expand_core(
     full_cov_a1 = tidy(c1 - E1f.xreplace({G.m[a]: mf[a] for a in range(d)}))
 
     # C8: refined variance (γ²‖J_k‖² − ℓ_k'')⁻¹ = ε/(M_kk − ε ℓ_k''): its ε² coefficient
-    refined = tuple(tidy(sp.series(EPS / (M[k, k] - EPS * Hm[k, k]), EPS, 0, 3).removeO().coeff(EPS, 2)) for k in range(d))
+    # (series taken with placeholder symbols, then the model's values substituted: sympy's
+    # series is slow on large transcendental coefficients)
+    hkk = sp.Symbol("H_kk_placeholder", real=True)
+    refined_generic = sp.series(EPS / (mkk - EPS * hkk), EPS, 0, 3).removeO().coeff(EPS, 2)
+    refined = tuple(tidy(refined_generic.xreplace({mkk: M[k, k], hkk: Hm[k, k]})) for k in range(d))
 
     ratio = tidy(sp.Mul(*[M[k, k] for k in range(d)]) / detM)
     c_ima = sp.log(ratio) / 2  # = Σ log‖J_k‖ − ½ log det M  (c_ima_expr's form)

@@ -126,7 +126,6 @@ def elbo_star(
     rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
     history: list[Tensor] = []
     results = None
-    done_level: dict[int, int] = {}
     for li, k in enumerate(levels):
         nodes, logw = gauss_hermite(k, d, device=device)
         fun = _elbo_red_scaled(model, nodes, logw)

@@ -12,7 +12,6 @@ for ill-conditioned J and for any n ≥ d.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.func import jacfwd, jacrev, vmap

@@ -21,13 +21,13 @@ exact whatever the overlap of the modes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .estimate import Estimate
-from .models import Model, ModelError
+from .models import Model
 from .optimize import ConvergenceError, newton_maximize
 from .quadrature import LOG_2PI, UNIT_ROUNDOFF, gauss_hermite, refinement_levels
 

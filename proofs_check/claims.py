@@ -22,7 +22,7 @@ from theory.expansions import numeric
 from theory.spec import SymbolicModel
 
 from .bridge import numeric_model, point_tensor
-from .context import Context, OrderFit, fit_order, gap_eps, order_tolerance, poly_fit
+from .context import Context, fit_order, gap_eps, order_tolerance, poly_fit
 from .properties import run_property
 from .registry import CheckResult, claim, within
 
@@ -49,19 +49,22 @@ RICHARDSON_SOURCE = (
 ORDER_SOURCE = "0.1 (next-order bending of the log-log line over eps in [1e-8, 1e-1]) + 3 standard errors of the fitted slope"
 
 
+def order_check(label: str, eps: np.ndarray, dev: np.ndarray, noise: np.ndarray, order: float, snr: float = 100.0, **details) -> CheckResult:
+    """Observed order of accuracy of a deviation dev(ε) ≈ C ε^p (least-squares slope of
+    log|dev| on log ε over the points where |dev| > snr × noise) held against ``order``."""
+    fit = fit_order(eps, dev, noise, snr=snr)
+    return within(f"{label} vs theory ({order:g})", "convergence",
+                  abs(fit.order - order) if math.isfinite(fit.order) else float("inf"), order_tolerance(fit), ORDER_SOURCE,
+                  fit=fit.as_dict(), theory_order=order, **details)
+
+
 def limit_checks(label: str, eps: np.ndarray, vals: np.ndarray, errs: np.ndarray, limit: float, order: float = 1.0) -> Results:
     """The limit of ``vals`` as ε -> 0 equals ``limit`` and the error ``vals - limit`` decays
     as ε^order: (1) observed order of accuracy (least-squares slope of log|vals − limit| on
     log ε) held against ``order``; (2) Richardson extrapolation (linear fit in ε over the
     points with ε ≤ 1e-6) held against ``limit``."""
-    fit = fit_order(eps, vals - limit, errs)
-    out = [
-        within(
-            f"{label}: observed order of convergence vs theory ({order:g})", "convergence",
-            abs(fit.order - order) if math.isfinite(fit.order) else float("inf"), order_tolerance(fit), ORDER_SOURCE,
-            fit=fit.as_dict(), theory_order=order, eps=list(map(float, eps)), deviation=list(map(float, vals - limit)),
-        )
-    ]
+    out = [order_check(f"{label}: observed order of convergence", eps, vals - limit, errs, order,
+                       eps_values=list(map(float, eps)), deviation=list(map(float, vals - limit)))]
     small = eps <= 1e-6 + 1e-18
     if small.sum() >= 2:
         pf = poly_fit(eps[small], vals[small], errs[small], 1)
@@ -400,7 +403,7 @@ def check_c4(ctx: Context, fault: str | None) -> Results:
 
     out.append(run_property("triangular f, h(z) = z + 0.3 tanh z + 0.1 z³: c_IMA(f∘h, z) = c_IMA(f, h(z))",
                             st.tuples(st.floats(-2, 2), st.floats(-2, 2)), reparam, ctx.n_samples(20, 50, 200)))
-    from theory.exact import c_ima_expr, invariance_checks
+    from theory.exact import invariance_checks
 
     J = sp.Matrix(2, 2, sp.symbols("j11 j12 j21 j22", real=True))
     D = sp.diag(*sp.symbols("d1 d2", positive=True))
@@ -538,16 +541,12 @@ def check_c7(ctx: Context, fault: str | None) -> Results:
             mus = mus + 0.05 * np.sqrt(eps)[:, None]
         dist = np.linalg.norm(mus - z0, axis=1)
         noise = np.full_like(dist, 1e-14)  # μ* is resolved to ~1e-16·κ(J); 1e-14 is the floor used
-        fit = fit_order(eps, dist, noise)
-        out.append(within(f"{name}: ‖μ* − z0‖ observed order vs theory ({_order_for(fault):g})", "convergence",
-                          abs(fit.order - _order_for(fault)) if math.isfinite(fit.order) else float("inf"), order_tolerance(fit), ORDER_SOURCE, fit=fit.as_dict()))
+        out.append(order_check(f"{name}: ‖μ* − z0‖ observed order", eps, dist, noise, _order_for(fault)))
         m = ctx.num(name)
         fx = m.decoder(torch.tensor(mus, dtype=torch.float64, device=ctx.torch_device)).cpu().numpy()
         x = np.array(res[0]["x"])
         rdist = np.linalg.norm(fx - x, axis=1)
-        fit2 = fit_order(eps, rdist, np.full_like(rdist, 1e-14))
-        out.append(within(f"{name}: ‖f(μ*) − x‖ observed order vs theory ({_order_for(fault):g})", "convergence",
-                          abs(fit2.order - _order_for(fault)) if math.isfinite(fit2.order) else float("inf"), order_tolerance(fit2), ORDER_SOURCE, fit=fit2.as_dict()))
+        out.append(order_check(f"{name}: ‖f(μ*) − x‖ observed order", eps, rdist, np.full_like(rdist, 1e-14), _order_for(fault)))
         out.extend(_mu1_check(ctx, name, fault))
     return out
 
@@ -592,9 +591,7 @@ def check_c8(ctx: Context, fault: str | None) -> Results:
         nrm2 = (J * J).sum(0)
         for k in range(J.shape[1]):
             v = np.array([r["s2_star"][k] for r in res]) / eps * nrm2[k]
-            fit = fit_order(eps, v - 1.0, np.full_like(v, 1e-13))
-            out.append(within(f"{name}: γ² s*_{k + 1} ‖J_{k + 1}‖² → 1, observed order vs theory ({_order_for(fault):g})", "convergence",
-                              abs(fit.order - _order_for(fault)) if math.isfinite(fit.order) else float("inf"), order_tolerance(fit), ORDER_SOURCE, fit=fit.as_dict()))
+            out.append(order_check(f"{name}: γ² s*_{k + 1} ‖J_{k + 1}‖² → 1, observed order", eps, v - 1.0, np.full_like(v, 1e-13), _order_for(fault)))
     # the refined formula: exact to O(ε²) for the linear decoder (symbolic), not for a curved one (numerical)
     lin = ctx.expansion("linear")
     out.append(symbolic_equal("linear model: ε² coefficient of the refined formula equals s2 (k = 1)", lin.refined_s2[0], lin.s2[0]))
@@ -651,7 +648,6 @@ def check_c9(ctx: Context, fault: str | None) -> Results:
         res = ctx.sweep(name)
         lim, _ = _lim_values(ctx, name)
         if fault == "missing_half":
-            m = ctx.num(name)
             lim = lim - 0.5 * float(torch.linalg.slogdet(_jac(ctx, name).T @ _jac(ctx, name))[1])
         eps = np.array([1 / r["gamma2"] for r in res])
         vals = np.array([r["reduced"]["log_px"] for r in res])
@@ -790,9 +786,7 @@ def check_c13(ctx: Context, fault: str | None) -> Results:
     noise = np.array([np.mean([r["error"]["gap"] for r in allres if r["gamma2"] == g]) for g in g2s])
     if fault == "batch_mean_contrast":
         dev = dev + np.mean([r["c_ima"] for r in res]) - C
-    fit = fit_order(eps, dev, noise, snr=10.0)
-    conv = within("prior-averaged gap − C_IMA: observed order vs theory (1)", "convergence",
-                  abs(fit.order - 1.0) if math.isfinite(fit.order) else float("inf"), order_tolerance(fit), ORDER_SOURCE, fit=fit.as_dict())
+    conv = order_check("prior-averaged gap − C_IMA: observed order", eps, dev, noise, 1.0, snr=10.0)
     return [conv,
         within(f"triangular, logistic prior: mean gap over {N} prior samples at γ² = 1e8 vs independent MC estimate of C_IMA",
                "numerical", abs(mean_gap - C), 4 * sd + bias,

@@ -133,7 +133,7 @@ def _truncate(expr: sp.Expr, h: sp.Symbol, order: int) -> list[sp.Expr]:
     return [coeffs.get(k, sp.Integer(0)) for k in range(order + 1)]
 
 
-def _disk_cache_path(n: int, d: int) -> "Path | None":
+def _disk_cache_path(n: int, d: int):
     """Where the generic (n, d) formulas are cached between processes: $GAPCHECK_CACHE_DIR or
     ~/.cache/gapcheck, keyed by sympy's version and a hash of this module's source (so a
     change of the derivation invalidates it).  None when caching is disabled

@@ -71,11 +71,11 @@ def fig_gap(ctx: Context, out: Path) -> list[str]:
         ax = axes[0, col]
         ax.errorbar(lg, gap, yerr=err, fmt="o-", ms=4, label=r"$\log p_\gamma(x) - \mathrm{ELBO}^*(x)$ at $z_0$")
         ax.errorbar(lg, lg * 0 + gap - c, yerr=err, fmt="s-", ms=3, label=r"$L_{\mathrm{IMA}}(x) - \mathrm{ELBO}^*(x)$ at $z_0$")
-        ax.axhline(c, color="k", ls="--", lw=1, label=rf"$c_{{\mathrm{{IMA}}}}(f, z_0) = {c:.4f}$")
+        ax.axhline(c, color="k", ls="--", lw=1, label=rf"$c_{{\mathrm{{IMA}}}}(f, z_0) = {c:.4f}$".replace("-0.0000", "0.0000"))
         lga = np.log10(av["g2"])
         ax.plot(lga, av["gap"], "^-", ms=3, color="tab:green", label=rf"prior average over {num} points (band: $\pm$ s.e.)")
         ax.fill_between(lga, av["gap"] - av["gap_se"], av["gap"] + av["gap_se"], color="tab:green", alpha=0.15)
-        ax.axhline(av["C"], color="gray", ls=":", lw=1, label=rf"mean $c_{{\mathrm{{IMA}}}}$ of those points = {av['C']:.4f}")
+        ax.axhline(av["C"], color="gray", ls=":", lw=1, label=rf"mean $c_{{\mathrm{{IMA}}}}$ of those points = {av['C'] + 0.0:.4f}".replace("-0.0000", "0.0000"))
         ax.set_title(label)
         ax.set_ylabel("nats")
         ax.legend(fontsize=7)

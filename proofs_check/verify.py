@@ -137,6 +137,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(v: Any) -> str:
+    """A Markdown table cell: pipes escaped, newlines flattened."""
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
 def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
     """Human-readable report (docs/report.md explains how to read it)."""
     L = []
@@ -152,7 +157,7 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
     L.append("|---|---|---|---|---|---|")
     for e in report["claims"]:
         nc = e["negative_controls"]
-        L.append(f"| {e['id']} | {e['title']} | {e['status']} | {', '.join(e['evidence'])} | "
+        L.append(f"| {e['id']} | {_cell(e['title'])} | {e['status']} | {', '.join(e['evidence'])} | "
                  f"{sum(c['rejected'] for c in nc)}/{len(nc)} | {e['seconds']:.1f} |")
     if figures:
         L.append("\n## Figures\n")
@@ -160,7 +165,8 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
             L.append(f"![{Path(f).stem}]({Path(f).name})\n")
     for e in report["claims"]:
         L.append(f"\n## {e['id']} — {e['title']}: {e['status']}\n")
-        L.append(f"*{e['statement']}*  \nPaper: {e['paper']}. Assumptions: {e['assumptions']}. Models: {', '.join(e['models']) or '—'}.\n")
+        L.append(f"> {e['statement']}\n\nPaper: {e['paper']}. Assumptions: {e['assumptions']}. "
+                 f"Models (all in default and --full mode): {', '.join(e['models']) or '—'}.\n")
         if e.get("error"):
             L.append(f"```\n{e['error']}\n```\n")
         L.append("| check | evidence | result | measured error | tolerance | tolerance from |")
@@ -173,8 +179,8 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
             ce = c["details"].get("shrunk_counterexample") if isinstance(c["details"], dict) else None
             if ce:
                 extra += f" — shrunk counterexample: {ce}"
-            L.append(f"| {c['name']}{extra} | {c['evidence']} | {'pass' if c['passed'] else '**FAIL**'} | {_fmt(c['error'])} | "
-                     f"{_fmt(c['tolerance'])} | {c['tolerance_source'] or '—'} |")
+            L.append(f"| {_cell(c['name'] + extra)} | {c['evidence']} | {'pass' if c['passed'] else '**FAIL**'} | {_fmt(c['error'])} | "
+                     f"{_fmt(c['tolerance'])} | {_cell(c['tolerance_source'] or '—')} |")
         if e["negative_controls"]:
             L.append("\nNegative controls (planted faults that must be rejected):\n")
             for c in e["negative_controls"]:

@@ -124,47 +124,53 @@ def elbo_star(
     Eb = torch.tensor(E, dtype=torch.float64, device=device)
     params = torch.stack(P)
     rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
-    history: list[Tensor] = []
-    results = None
+    # per-start refinement: a start leaves the sweep once two successive levels agree
+    B = params.shape[0]
+    value = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
+    diff = torch.full((B,), float("inf"), dtype=torch.float64, device=device)
+    dec = torch.zeros(B, dtype=torch.float64, device=device)
+    gnorm = torch.zeros(B, dtype=torch.float64, device=device)
+    n_levels = torch.zeros(B, dtype=torch.long, device=device)
+    active = torch.ones(B, dtype=torch.bool, device=device)
     for li, k in enumerate(levels):
+        idx = active.nonzero().flatten()
         nodes, logw = gauss_hermite(k, d, device=device)
         fun = _elbo_red_scaled(model, nodes, logw)
-        res = newton_maximize(fun, params, (Xb, Eb, Mb), max_iter=max_iter, tol=1e-20, value_noise=rb)
+        res = newton_maximize(fun, params[idx], (Xb[idx], Eb[idx], Mb[idx]), max_iter=max_iter, tol=1e-20, value_noise=rb[idx])
         bad = ~res.converged
         if bool(bad.any()):
-            i = int(bad.nonzero()[0])
+            i = int(idx[int(bad.nonzero()[0])])
             pm = posts[items[i]]
             raise ConvergenceError(
                 f"ELBO* optimizer did not converge for x = {pm.x.tolist()} at γ² = {pm.gamma2:g} "
-                f"(Newton decrement {float(res.decrement[i]):.3e} after {res.iterations} iterations)"
+                f"(Newton decrement {float(res.decrement[int(bad.nonzero()[0])]):.3e} after {res.iterations} iterations)"
             )
-        params = res.x
-        history.append(res.value)
-        results = res
+        params[idx] = res.x
         if li >= 1:
-            diff = (history[-1] - history[-2]).abs()
-            ok = diff <= tol * history[-1].abs().clamp_min(1.0) + rb
-            if bool(ok.all()):
+            diff[idx] = (res.value - value[idx]).abs()
+        value[idx] = res.value
+        dec[idx] = res.decrement
+        gnorm[idx] = torch.linalg.vector_norm(res.grad, dim=-1)
+        n_levels[idx] = li + 1
+        if li >= 1:
+            done = diff[idx] <= tol * value[idx].abs().clamp_min(1.0) + rb[idx]
+            active[idx[done]] = False
+            if not bool(active.any()):
                 break
-    assert results is not None
     out: list[ElboStar] = []
     for b, pm in enumerate(posts):
         idx = (item_idx == b).nonzero().flatten()
-        vals = history[-1][idx]
-        best = int(idx[int(vals.argmax())])
-        value = float(history[-1][best])
-        diff = float((history[-1][best] - history[-2][best]).abs()) if len(history) > 1 else float("inf")
+        best = int(idx[int(value[idx].argmax())])
+        v = float(value[best])
         eps = pm.eps
         a, tau = params[best, :d], params[best, d:]
         mu = Mb[best] + math.sqrt(eps) * a
-        s = eps * torch.exp(tau)
-        dec = float(results.decrement[best])
-        rbb = float(rb[best])
-        err = diff + dec + rbb
+        sv = eps * torch.exp(tau)
+        dv, rbb, df = float(dec[best]), float(rb[best]), float(diff[best])
         out.append(
             ElboStar(
-                value, err, mu, s, float(torch.linalg.vector_norm(results.grad[best])), dec,
-                levels[: len(history)], diff <= tol * max(1.0, abs(value)) + rbb, int(idx.numel()),
+                v, df + dv + rbb, mu, sv, float(gnorm[best]), dv,
+                levels[: int(n_levels[best])], df <= tol * max(1.0, abs(v)) + rbb, int(idx.numel()),
             )
         )
     return out

@@ -179,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
             "as the decoder precision gamma^2 grows, log p(x) - ELBO*(x) -> c_IMA(f, z0)."
         ),
     )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("gapcheck")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        ver = "unknown"
+    p.add_argument("--version", action="version", version=f"gapcheck {ver}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     ev = sub.add_parser(
         "evaluate",
@@ -201,12 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size = ve.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="mode", const="quick", help="smaller sweeps and samples (under a minute)")
-    size.add_argument("--full", action="store_const", dest="mode", const="full", help="denser sweeps, more samples and models")
+    size.add_argument("--full", action="store_const", dest="mode", const="full", help="denser gamma^2 sweeps (quarter decades) and more samples (a few minutes)")
     ve.set_defaults(mode="default")
     ve.add_argument("--claims", metavar="IDS", help="comma-separated claim ids to check, e.g. C9,C11 (default: all)")
     ve.add_argument("--out", metavar="DIR", type=Path, default=Path("gapcheck-report"), help="output folder (default: ./gapcheck-report)")
     ve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")
-    ve.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    ve.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo and prior samples (default: 0); hypothesis runs are derandomized")
     ve.add_argument("--no-plots", action="store_true", help="skip the figures")
     ve.add_argument("--no-progress", action="store_true", help="no progress bar")
     ve.set_defaults(func=cmd_verify)

@@ -751,3 +751,36 @@ def full_covariance_leading_order(d: int = 2) -> FullCovarianceLeadingOrder:
     elbo0 = sp.simplify(E0.xreplace(sols[0]))
     gap0 = sp.simplify(sp.expand_log(-sp.log(M.det()) / 2 - elbo0, force=True))
     return FullCovarianceLeadingOrder(d, Sst, elbo0, gap0, bool(ok_S and gap0 == 0))
+
+
+def prediction_functions(model: SymbolicModel, modules: str = "numpy", log_normalizer: float | sp.Expr = 0) -> dict[str, Any]:
+    """Lambdified predictions: the coefficients of :func:`expansion_symbolic` as functions of
+    the latent point z0 = (z1, …, zd), for ``modules`` "numpy" (float64, vectorized over
+    arrays) or "mpmath" (extended precision).
+
+    Returns {"c_ima", "a1", "log_px0", "log_px1", "elbo_star0", "elbo_star1"} (scalars) and
+    {"mu1", "s1", "s2", "refined_s2"} (lists, one function per coordinate); each is called as
+    ``fn(z1, …, zd)``.  Prior-derivative atoms (ℓ'_k, ℓ''_k) are replaced by their
+    definitions first, so the functions depend on z0 only.
+    """
+    if modules not in ("numpy", "mpmath"):
+        raise ValueError("modules must be 'numpy' or 'mpmath'")
+    exp = expansion_symbolic(model, log_normalizer=log_normalizer)
+    atoms = dict(exp.atoms)
+
+    def lam(e: sp.Expr):
+        e = sp.sympify(e).xreplace(atoms) if atoms else sp.sympify(e)
+        return sp.lambdify(model.latents, e, modules=modules)
+
+    return {
+        "c_ima": lam(exp.c_ima),
+        "a1": lam(exp.a1),
+        "log_px0": lam(exp.log_px[0]),
+        "log_px1": lam(exp.log_px[1]),
+        "elbo_star0": lam(exp.elbo_star[0]),
+        "elbo_star1": lam(exp.elbo_star[1]),
+        "mu1": [lam(v) for v in exp.mu1],
+        "s1": [lam(v) for v in exp.s1],
+        "s2": [lam(v) for v in exp.s2],
+        "refined_s2": [lam(v) for v in exp.refined_s2],
+    }

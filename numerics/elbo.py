@@ -84,9 +84,6 @@ class ElboStar:
     n_local_optima: int = 1
     info: dict[str, Any] = field(default_factory=dict)
 
-    def estimate(self) -> Estimate:
-        return Estimate(self.value, self.error, "gauss_hermite_newton", dict(self.info, error_kind="refinement", reduced=True))
-
 
 def elbo_star(
     model: Model,

@@ -26,11 +26,6 @@ class Estimate:
         if not math.isfinite(self.value):
             raise FloatingPointError(f"{self.method}: estimate is not finite ({self.value})")
 
-    def __sub__(self, other: "Estimate") -> "Estimate":
-        """Difference of two independent estimates; errors add (a conservative bound for
-        deterministic errors, and ≥ the root-sum-square for standard errors)."""
-        return Estimate(self.value - other.value, self.error + other.error, f"{self.method}-{other.method}", {})
-
     def __float__(self) -> float:
         return self.value
 

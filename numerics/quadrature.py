@@ -59,9 +59,5 @@ def refinement_levels(d: int, k_start: int | None = None, max_nodes: int = 2**20
     return levels
 
 
-def log_sum_exp(a: Tensor, dim: int = -1) -> Tensor:
-    return torch.logsumexp(a, dim=dim)
-
-
 UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2
 LOG_2PI = math.log(2 * math.pi)

@@ -218,3 +218,20 @@ def test_non_injective_gap_tends_to_c_ima_plus_log2(name, prior):
     a1_6, a1_8 = (g6 - target) / eps6, (g8 - target) / eps8
     assert abs(a1_8 - a1_6) <= 0.01 * abs(a1_6) + (e8 / eps8)
     assert abs(g8 - c) > math.log(2) - 1e-6
+
+
+def test_second_derivatives_batched() -> None:
+    """numerics.jacobian.second_derivatives (jacfwd over jacrev, vmapped) against the
+    analytic Hessians of f(z) = (z1 + 0.4 z2², z2 + 0.5 sin z1), to float64 rounding."""
+    import torch
+
+    from numerics.jacobian import second_derivatives
+
+    f = CallableDecoder(lambda z: torch.stack([z[..., 0] + 0.4 * z[..., 1] ** 2, z[..., 1] + 0.5 * torch.sin(z[..., 0])], -1), 2, 2)
+    z = torch.tensor([[0.3, 1.1], [-0.8, -0.5], [2.0, 0.1]], dtype=torch.float64)
+    T = second_derivatives(f, z)
+    assert T.shape == (3, 2, 2, 2)
+    expected = torch.zeros(3, 2, 2, 2, dtype=torch.float64)
+    expected[:, 0, 1, 1] = 0.8
+    expected[:, 1, 0, 0] = -0.5 * torch.sin(z[:, 0])
+    assert torch.allclose(T, expected, rtol=0, atol=1e-15)

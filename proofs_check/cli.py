@@ -69,7 +69,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_spec
 
     sym = load_spec(args.spec)
-    ev = evaluate_spec(sym, device=args.device, predictions=not args.no_prediction)
+    if args.samples < 2:
+        raise UserError("--samples must be at least 2")
+    ev = evaluate_spec(sym, device=args.device, predictions=not args.no_prediction, log_px_method=args.log_px_method,
+                       is_samples=args.samples, seed=args.seed)
     payload = {
         "model": {"name": sym.name, "d": sym.d, "n": sym.n, "decoder": [str(c) for c in sym.decoder], "prior": sym.prior_label},
         "device": ev.device,
@@ -197,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT ('-' for stdout only); schema: docs/json.md")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default: auto = CUDA if available)")
     ev.add_argument("--no-prediction", action="store_true", help="skip the symbolic expansion (prediction) for each result")
+    ev.add_argument("--log-px-method", choices=["gh", "is"], default="gh",
+                    help="log p by Gauss-Hermite quadrature (default; error ~1e-13, cost grows as K^d) or by importance "
+                    "sampling (error = one standard error, cheap in any d)")
+    ev.add_argument("--samples", type=int, default=65536, help="importance samples for --log-px-method is (default 65536)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the importance sampler (default 0)")
     ev.set_defaults(func=cmd_evaluate)
 
     ve = sub.add_parser(

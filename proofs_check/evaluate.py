@@ -25,6 +25,7 @@ import torch
 from numerics.elbo import elbo_star
 from numerics.jacobian import SingularJacobianError, c_ima_from_jacobian, jacobian
 from numerics.models import Model, resolve_device
+from numerics.montecarlo import log_marginal_is
 from numerics.posterior import divergent_term, find_modes, log_marginal_gh
 from theory.spec import SpecError, SymbolicModel
 
@@ -50,8 +51,17 @@ def evaluate_points(
     points: Sequence[torch.Tensor],
     gamma2s: Sequence[float],
     search_modes: bool = True,
+    log_px_method: str = "gh",
+    is_samples: int = 65536,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """The evaluate computation for a numeric model; one dict per (point, γ²), points outer."""
+    """The evaluate computation for a numeric model; one dict per (point, γ²), points outer.
+
+    ``log_px_method``: "gh" (default: Gauss–Hermite with refinement, error ~1e-13, cost K^d)
+    or "is" (importance sampling with ``is_samples`` draws from the Laplace mixture, error =
+    one standard error, cost linear in d; flagged ``log_px_monte_carlo``)."""
+    if log_px_method not in ("gh", "is"):
+        raise ValueError(f"log_px_method must be 'gh' or 'is', got {log_px_method!r}")
     d, n = model.d, model.n
     items = [(zi, g2) for zi in points for g2 in gamma2s]
     Z = torch.stack([p for p, _ in items])
@@ -73,14 +83,16 @@ def evaluate_points(
     stars = elbo_star(model, posts)
     out = []
     for idx, ((zi, g2), pm, st) in enumerate(zip(items, posts, stars)):
-        lp = log_marginal_gh(model, pm)
+        lp = log_marginal_gh(model, pm) if log_px_method == "gh" else log_marginal_is(model, pm, is_samples, seed)
         div = divergent_term(n, d, g2)
         gap = lp.value - st.value
         c = cimas[idx // len(gamma2s)]
         flags = []
         if pm.count > 1:
             flags.append("multimodal")
-        if not lp.info["converged"]:
+        if log_px_method == "is":
+            flags.append("log_px_monte_carlo")
+        elif not lp.info["converged"]:
             flags.append("log_px_quadrature_not_converged")
         if not st.converged:
             flags.append("elbo_quadrature_not_converged")
@@ -101,7 +113,9 @@ def evaluate_points(
             "modes": pm.modes.tolist(),
             "flags": flags,
             "diagnostics": {
-                "log_px_levels": lp.info["levels"],
+                "log_px_levels": lp.info.get("levels", []),
+                "log_px_method": lp.method,
+                **({"log_px_ess": lp.info["ess"]} if "ess" in lp.info else {}),
                 "elbo_levels": st.levels,
                 "elbo_grad_norm": st.grad_norm,
                 "elbo_newton_decrement": st.decrement,
@@ -111,7 +125,8 @@ def evaluate_points(
     return out
 
 
-def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = True) -> Evaluation:
+def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = True, log_px_method: str = "gh",
+                  is_samples: int = 65536, seed: int = 0) -> Evaluation:
     """Run `gapcheck evaluate` on a parsed spec; raises SpecError/ModelError on bad input."""
     if not sym.gamma2:
         raise SpecError("spec has no 'gamma2' (a list of decoder precisions γ² > 0)")
@@ -121,7 +136,7 @@ def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = 
     t0 = time.perf_counter()
     model = numeric_model(sym)
     pts = [point_tensor(p, dev) for p in sym.points]
-    results = evaluate_points(model, pts, list(sym.gamma2))
+    results = evaluate_points(model, pts, list(sym.gamma2), log_px_method=log_px_method, is_samples=is_samples, seed=seed)
     if predictions:
         attach_predictions(sym, results, log_normalizer=sum(log_normalizers(model)))
     return Evaluation(sym, results, time.perf_counter() - t0, str(dev))

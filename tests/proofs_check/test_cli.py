@@ -119,3 +119,14 @@ def test_claims_listing(capsys: pytest.CaptureFixture) -> None:
 def test_unknown_claim_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["verify", "--quick", "--claims", "C99", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     assert "unknown claim id" in capsys.readouterr().err
+
+
+def test_evaluate_with_importance_sampling_agrees_with_quadrature(tmp_path: Path) -> None:
+    """--log-px-method is: within 4 reported standard errors (+ the GH error) of Gauss–Hermite."""
+    gh, is_ = tmp_path / "gh.json", tmp_path / "is.json"
+    assert main(["evaluate", str(EXAMPLE), "--json", str(gh), "--no-prediction"]) == 0
+    assert main(["evaluate", str(EXAMPLE), "--json", str(is_), "--no-prediction", "--log-px-method", "is", "--samples", "20000"]) == 0
+    for a, b in zip(json.loads(gh.read_text())["results"], json.loads(is_.read_text())["results"]):
+        assert "log_px_monte_carlo" in b["flags"] and b["diagnostics"]["log_px_ess"] > 100
+        assert abs(a["log_px"] - b["log_px"]) <= 4 * b["error"]["log_px"] + a["error"]["log_px"]
+        assert a["elbo_star"] == b["elbo_star"]

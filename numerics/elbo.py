@@ -85,6 +85,57 @@ class ElboStar:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Refined:
+    """Per-start results of :func:`_refined_newton`."""
+
+    params: Tensor
+    value: Tensor
+    diff: Tensor  # last refinement difference (inf if only one level ran)
+    dec: Tensor  # final Newton decrement
+    gnorm: Tensor  # final gradient norm
+    n_levels: Tensor  # levels used
+
+
+def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tensor, levels: list[int], tol: float,
+                    max_iter: int, d: int, failure) -> _Refined:
+    """Maximize ``make_fun(nodes, logw)`` (a one-start objective built on a k^d Gauss–Hermite
+    rule) for every start, doubling k along ``levels`` warm-started; a start leaves the sweep
+    once two successive levels agree to tol·max(1, |value|) + its rounding bound ``rb``.
+    Raises ConvergenceError(failure(start, decrement, iterations)) if Newton does not converge."""
+    device = params.device
+    params = params.clone()
+    B = params.shape[0]
+    value = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
+    diff = torch.full((B,), float("inf"), dtype=torch.float64, device=device)
+    dec = torch.zeros(B, dtype=torch.float64, device=device)
+    gnorm = torch.zeros(B, dtype=torch.float64, device=device)
+    n_levels = torch.zeros(B, dtype=torch.long, device=device)
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    for li, k in enumerate(levels):
+        idx = active.nonzero().flatten()
+        nodes, logw = gauss_hermite(k, d, device=device)
+        res = newton_maximize(make_fun(nodes, logw), params[idx], tuple(a[idx] for a in args), max_iter=max_iter,
+                              tol=1e-20, value_noise=rb[idx])
+        bad = ~res.converged
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            raise ConvergenceError(failure(int(idx[j]), float(res.decrement[j]), res.iterations))
+        params[idx] = res.x
+        if li >= 1:
+            diff[idx] = (res.value - value[idx]).abs()
+        value[idx] = res.value
+        dec[idx] = res.decrement
+        gnorm[idx] = torch.linalg.vector_norm(res.grad, dim=-1)
+        n_levels[idx] = li + 1
+        if li >= 1:
+            done = diff[idx] <= tol * value[idx].abs().clamp_min(1.0) + rb[idx]
+            active[idx[done]] = False
+            if not bool(active.any()):
+                break
+    return _Refined(params, value, diff, dec, gnorm, n_levels)
+
+
 def elbo_star(
     model: Model,
     posts: list[PosteriorModes],
@@ -121,39 +172,12 @@ def elbo_star(
     Eb = torch.tensor(E, dtype=torch.float64, device=device)
     params = torch.stack(P)
     rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
-    # per-start refinement: a start leaves the sweep once two successive levels agree
-    B = params.shape[0]
-    value = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
-    diff = torch.full((B,), float("inf"), dtype=torch.float64, device=device)
-    dec = torch.zeros(B, dtype=torch.float64, device=device)
-    gnorm = torch.zeros(B, dtype=torch.float64, device=device)
-    n_levels = torch.zeros(B, dtype=torch.long, device=device)
-    active = torch.ones(B, dtype=torch.bool, device=device)
-    for li, k in enumerate(levels):
-        idx = active.nonzero().flatten()
-        nodes, logw = gauss_hermite(k, d, device=device)
-        fun = _elbo_red_scaled(model, nodes, logw)
-        res = newton_maximize(fun, params[idx], (Xb[idx], Eb[idx], Mb[idx]), max_iter=max_iter, tol=1e-20, value_noise=rb[idx])
-        bad = ~res.converged
-        if bool(bad.any()):
-            i = int(idx[int(bad.nonzero()[0])])
-            pm = posts[items[i]]
-            raise ConvergenceError(
-                f"ELBO* optimizer did not converge for x = {pm.x.tolist()} at γ² = {pm.gamma2:g} "
-                f"(Newton decrement {float(res.decrement[int(bad.nonzero()[0])]):.3e} after {res.iterations} iterations)"
-            )
-        params[idx] = res.x
-        if li >= 1:
-            diff[idx] = (res.value - value[idx]).abs()
-        value[idx] = res.value
-        dec[idx] = res.decrement
-        gnorm[idx] = torch.linalg.vector_norm(res.grad, dim=-1)
-        n_levels[idx] = li + 1
-        if li >= 1:
-            done = diff[idx] <= tol * value[idx].abs().clamp_min(1.0) + rb[idx]
-            active[idx[done]] = False
-            if not bool(active.any()):
-                break
+    ref = _refined_newton(
+        lambda nodes, logw: _elbo_red_scaled(model, nodes, logw), params, (Xb, Eb, Mb), rb, levels, tol, max_iter, d,
+        lambda i, dec, its: f"ELBO* optimizer did not converge for x = {posts[items[i]].x.tolist()} at "
+        f"γ² = {posts[items[i]].gamma2:g} (Newton decrement {dec:.3e} after {its} iterations)",
+    )
+    params, value, diff, dec, gnorm, n_levels = ref.params, ref.value, ref.diff, ref.dec, ref.gnorm, ref.n_levels
     out: list[ElboStar] = []
     for b, pm in enumerate(posts):
         idx = (item_idx == b).nonzero().flatten()
@@ -215,22 +239,13 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     params = torch.stack(P)
     args = (torch.stack(X), torch.tensor(E, dtype=torch.float64, device=device), torch.stack(Mb))
     rb = torch.tensor([rounding_bound(pm.x, pm.gamma2, d) for pm in posts], dtype=torch.float64, device=device)
-    history: list[Tensor] = []
-    res = None
-    for li, k in enumerate(levels):
-        nodes, logw = gauss_hermite(k, d, device=device)
-        res = newton_maximize(_elbo_red_fullcov(model, nodes, logw), params, args, tol=1e-20, value_noise=rb)
-        if not bool(res.converged.all()):
-            i = int((~res.converged).nonzero()[0])
-            raise ConvergenceError(f"full-covariance ELBO* did not converge at γ² = {posts[i].gamma2:g}")
-        params = res.x
-        history.append(res.value)
-        if li >= 1 and bool(((history[-1] - history[-2]).abs() <= tol * history[-1].abs().clamp_min(1.0) + rb).all()):
-            break
-    assert res is not None
+    ref = _refined_newton(
+        lambda nodes, logw: _elbo_red_fullcov(model, nodes, logw), params, args, rb, levels, tol, 100, d,
+        lambda i, dec, its: f"full-covariance ELBO* did not converge at γ² = {posts[i].gamma2:g} "
+        f"(Newton decrement {dec:.3e} after {its} iterations)",
+    )
     out = []
     for b in range(len(posts)):
-        diff = float((history[-1][b] - history[-2][b]).abs()) if len(history) > 1 else float("inf")
-        out.append(Estimate(float(history[-1][b]), diff + float(res.decrement[b]) + float(rb[b]), "gauss_hermite_newton_fullcov",
-                            {"error_kind": "refinement", "reduced": True}))
+        err = float(ref.diff[b]) + float(ref.dec[b]) + float(rb[b])
+        out.append(Estimate(float(ref.value[b]), err, "gauss_hermite_newton_fullcov", {"error_kind": "refinement", "reduced": True}))
     return out

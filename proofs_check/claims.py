@@ -623,6 +623,13 @@ def _s2_fit(ctx: Context, name: str) -> np.ndarray:
     return np.array(out)
 
 
+def _symbolic_at(ctx: Context, name: str) -> tuple[sp.Matrix, sp.Expr]:
+    """(J(z0), ℓ(z0)) of a built-in model as exact sympy objects at its first point."""
+    sym = ctx.sym(name)
+    at = dict(zip(sym.latents, ctx.point(name)))
+    return sym.jacobian().subs(at), sym.log_prior().subs(at)
+
+
 def _lim_values(ctx: Context, name: str) -> tuple[float, float]:
     """(ℓ(z0) − ½ log det M, ℓ(z0) − Σ log‖J_k‖) from the numeric model (QR, no inverse)."""
     m = ctx.num(name)
@@ -654,9 +661,8 @@ def check_c9(ctx: Context, fault: str | None) -> Results:
         errs = np.array([r["error"]["log_px"] for r in res])
         out.extend(limit_checks(f"{name}: reduced log p → ℓ(z0) − ½ log det JᵀJ", eps, vals, errs, lim, _order_for(fault)))
         exp = ctx.expansion(name)
-        sym = ctx.sym(name)
-        Js = sym.jacobian().subs(dict(zip(sym.latents, ctx.point(name))))
-        pred = sym.log_prior().subs(dict(zip(sym.latents, ctx.point(name)))) - sp.log((Js.T * Js).det()) / (2 if fault != "missing_half" else 1)
+        Js, ell0 = _symbolic_at(ctx, name)
+        pred = ell0 - sp.log((Js.T * Js).det()) / (2 if fault != "missing_half" else 1)
         out.append(symbolic_equal(f"{name}: symbolic Laplace constant vs ℓ(z0) − ½ log det JᵀJ", exp.log_px[0], pred))
     return out
 
@@ -682,11 +688,10 @@ def check_c10(ctx: Context, fault: str | None) -> Results:
         errs = np.array([r["error"]["elbo_star"] for r in res])
         out.extend(limit_checks(f"{name}: reduced ELBO* → ℓ(z0) − Σ log‖J_k‖", eps, vals, errs, lim, _order_for(fault)))
         exp = ctx.expansion(name)
-        sym = ctx.sym(name)
-        Js = sym.jacobian().subs(dict(zip(sym.latents, ctx.point(name))))
+        Js, ell0 = _symbolic_at(ctx, name)
         M = Js.T * Js
-        norms = sum(sp.log(M[k, k]) for k in range(sym.d)) / 2 if fault != "logdet_for_norms" else sp.log(M.det()) / 2
-        pred = sym.log_prior().subs(dict(zip(sym.latents, ctx.point(name)))) - norms
+        norms = sum(sp.log(M[k, k]) for k in range(M.shape[0])) / 2 if fault != "logdet_for_norms" else sp.log(M.det()) / 2
+        pred = ell0 - norms
         out.append(symbolic_equal(f"{name}: symbolic ELBO* constant vs ℓ(z0) − Σ log‖J_k‖", exp.elbo_star[0], pred))
     return out
 
@@ -714,8 +719,7 @@ def check_c11(ctx: Context, fault: str | None) -> Results:
         exp = ctx.expansion(name)
         from theory.exact import c_ima_expr
 
-        sym = ctx.sym(name)
-        Js = sym.jacobian().subs(dict(zip(sym.latents, ctx.point(name))))
+        Js, _ = _symbolic_at(ctx, name)
         out.append(symbolic_equal(f"{name}: symbolic gap limit (log p − ELBO* constants) vs c_IMA(J(z0))", exp.log_px[0] - exp.elbo_star[0], c_ima_expr(Js)))
         out.append(within(f"{name}: numeric c_IMA (QR) vs symbolic c_IMA", "numerical", abs(res[0]["c_ima"] - _f(exp.c_ima)),
                           1e-13, "float64 QR: each of the 2d logs to ~1e-15"))

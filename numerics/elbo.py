@@ -15,8 +15,7 @@ Gauss–Hermite version of the objective, batched over items, with node refineme
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -66,23 +65,7 @@ def elbo_gh(model: Model, x: Tensor, gamma2: float, mu: Tensor, s: Tensor, k: in
             break
     shift = 0.0 if reduced else divergent_term(model.n, d, gamma2)
     err = abs(vals[-1] - vals[-2]) + rounding_bound(x, gamma2, d)
-    return Estimate(vals[-1] + shift, err, "gauss_hermite", {"error_kind": "refinement", "reduced": reduced, "levels": levels[: len(vals)]})
-
-
-@dataclass
-class ElboStar:
-    """ELBO*(x) (reduced), the maximizers μ*, s*, and diagnostics for one item."""
-
-    value: float
-    error: float
-    mu: Tensor
-    s: Tensor
-    grad_norm: float
-    decrement: float
-    levels: list[int]
-    converged: bool  # quadrature refinement converged
-    n_local_optima: int = 1
-    info: dict[str, Any] = field(default_factory=dict)
+    return Estimate(vals[-1] + shift, err, "gauss_hermite", "refinement", {"reduced": reduced, "levels": levels[: len(vals)]})
 
 
 @dataclass
@@ -142,8 +125,8 @@ def elbo_star(
     levels: list[int] | None = None,
     tol: float = 1e-13,
     max_iter: int = 100,
-) -> list[ElboStar]:
-    """ELBO*(x) for a batch of items, each given by its posterior modes (from
+) -> list[Estimate]:
+    """ELBO*(x) (reduced) for a batch of items, each given by its posterior modes (from
     :func:`numerics.posterior.find_modes`).
 
     Every mode of an item is a start (the sup over local optima is taken: for a
@@ -151,6 +134,10 @@ def elbo_star(
     t_k = 1/H̃_kk (the mean-field lemma C2 applied to the Laplace precision).  Nodes per
     dimension double along ``levels`` (warm-started) until ELBO*_red changes by less than
     ``tol``.  Error = last refinement difference + Newton decrement + rounding bound.
+
+    Returns one :class:`Estimate` per item: ``argmax = {"mu": μ*, "s": s*}`` (tensors) and
+    ``diagnostics`` with ``grad_norm``, ``newton_decrement``, ``levels``, ``converged`` (the
+    quadrature refinement met ``tol``) and ``n_local_optima`` (starts tried).
     Raises ConvergenceError (naming x and γ²) if Newton does not converge.
     """
     d = model.d
@@ -178,7 +165,7 @@ def elbo_star(
         f"γ² = {posts[items[i]].gamma2:g} (Newton decrement {dec:.3e} after {its} iterations)",
     )
     params, value, diff, dec, gnorm, n_levels = ref.params, ref.value, ref.diff, ref.dec, ref.gnorm, ref.n_levels
-    out: list[ElboStar] = []
+    out: list[Estimate] = []
     for b, pm in enumerate(posts):
         idx = (item_idx == b).nonzero().flatten()
         best = int(idx[int(value[idx].argmax())])
@@ -188,12 +175,15 @@ def elbo_star(
         mu = Mb[best] + math.sqrt(eps) * a
         sv = eps * torch.exp(tau)
         dv, rbb, df = float(dec[best]), float(rb[best]), float(diff[best])
-        out.append(
-            ElboStar(
-                v, df + dv + rbb, mu, sv, float(gnorm[best]), dv,
-                levels[: int(n_levels[best])], df <= tol * max(1.0, abs(v)) + rbb, int(idx.numel()),
-            )
-        )
+        diag = {
+            "grad_norm": float(gnorm[best]),
+            "newton_decrement": dv,
+            "levels": levels[: int(n_levels[best])],
+            "converged": df <= tol * max(1.0, abs(v)) + rbb,
+            "n_local_optima": int(idx.numel()),
+            "reduced": True,
+        }
+        out.append(Estimate(v, df + dv + rbb, "gauss_hermite_newton", "refinement", diag, {"mu": mu, "s": sv}))
     return out
 
 
@@ -247,5 +237,5 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     out = []
     for b in range(len(posts)):
         err = float(ref.diff[b]) + float(ref.dec[b]) + float(rb[b])
-        out.append(Estimate(float(ref.value[b]), err, "gauss_hermite_newton_fullcov", {"error_kind": "refinement", "reduced": True}))
+        out.append(Estimate(float(ref.value[b]), err, "gauss_hermite_newton_fullcov", "refinement", {"reduced": True}))
     return out

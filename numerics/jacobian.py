@@ -83,4 +83,4 @@ def global_c_ima(model: Model, num_samples: int = 4096, seed: int = 0, device: s
     vals = c_ima_from_jacobian(jacobian(model.decoder, z))
     mean = float(vals.mean())
     se = float(vals.std(unbiased=True)) / math.sqrt(num_samples)
-    return Estimate(mean, se, "monte_carlo", {"num_samples": num_samples, "seed": seed, "error_kind": "standard_error"})
+    return Estimate(mean, se, "monte_carlo", "standard_error", {"num_samples": num_samples, "seed": seed})

@@ -171,7 +171,6 @@ def log_marginal_is(
     log_mean, se, ess = _log_mean_and_se(logw)
     value = log_mean + 0.5 * d * math.log(pm.gamma2 / (2 * math.pi))
     info = {
-        "error_kind": "standard_error",
         "ess": ess,
         "num_samples": int(num_samples),
         "proposal": proposal,
@@ -181,7 +180,7 @@ def log_marginal_is(
     }
     if proposal == "laplace_t":
         info["df"] = df
-    return Estimate(value, se, "importance_sampling", info)
+    return Estimate(value, se, "importance_sampling", "standard_error", info)
 
 
 # ----------------------------------------------------------------------------------------
@@ -214,7 +213,7 @@ def elbo_mc(
     mean = float(h.mean())
     se = float(h.std(unbiased=True)) / math.sqrt(num_samples)
     value = mean + _elbo_constant(model, gamma2, s, reduced)
-    return Estimate(value, se, "monte_carlo", {"error_kind": "standard_error", "num_samples": int(num_samples), "seed": int(seed), "reduced": reduced})
+    return Estimate(value, se, "monte_carlo", "standard_error", {"num_samples": int(num_samples), "seed": int(seed), "reduced": reduced})
 
 
 def elbo_qmc(
@@ -259,11 +258,10 @@ def elbo_qmc(
     err = float(arr.std(ddof=1)) / math.sqrt(replicates)
     shift = _elbo_constant(model, gamma2, s, reduced)
     info = {
-        "error_kind": "replicate_error",
         "num_points": int(num_points),
         "replicates": int(replicates),
         "seed": int(seed),
         "reduced": reduced,
         "replicate_values": [float(v) + shift for v in arr],  # one estimate per scrambling
     }
-    return Estimate(value, err, "randomized_qmc", info)
+    return Estimate(value, err, "randomized_qmc", "replicate_error", info)

@@ -46,12 +46,13 @@ for d = 2; well under 0.1 s for d = 1.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import mpmath
 
-__all__ = ["log_marginal_mp", "elbo_mp", "elbo_star_mp", "MpElboStar"]
+from .estimate import Estimate
+
+__all__ = ["log_marginal_mp", "elbo_mp", "elbo_star_mp"]
 
 FMp = Callable[[Sequence], Sequence]
 EllMp = Callable[[Sequence], "mpmath.mpf"]
@@ -113,11 +114,11 @@ def _phi_factory(f_mp: FMp, ell_mp: EllMp, x: list, G):
 # ----------------------------------------------------------------------------------------
 
 
-def log_marginal_mp(f_mp: FMp, ell_mp: EllMp, x, gamma2, center, scale, dps: int = 30) -> tuple[float, float]:
+def log_marginal_mp(f_mp: FMp, ell_mp: EllMp, x, gamma2, center, scale, dps: int = 30) -> Estimate:
     """Reduced log p_γ(x) = d/2 · log(γ²/2π) + log ∫ exp φ(z) dz, with
     z = center + L sinh(v) (L = ``scale``: the Laplace scale :meth:`PosteriorModes.scale`, or
     any d×d matrix / d-vector of that size) and the nested trapezoidal rule in v (module
-    doc).  Returns (value, error) as floats; the posterior is assumed unimodal (the box is
+    doc).  Returns an :class:`Estimate` (method ``mpmath_sinh_trapezoid``); the posterior is assumed unimodal (the box is
     centred at ``center``)."""
     with mpmath.workdps(dps):
         c = _mpf_list(center)
@@ -197,7 +198,8 @@ def log_marginal_mp(f_mp: FMp, ell_mp: EllMp, x, gamma2, center, scale, dps: int
         extrap = d2 * d2 / d1 if d1 > 0 else mpmath.mpf(0)
         rel_err = max(extrap, d2 * mpmath.mpf("1e-3")) + bmass / I + mpmath.mpf(10) ** (-dps + 5)
         value = mpmath.mpf(d) / 2 * mpmath.log(G / (2 * mpmath.pi)) + mpmath.log(abs(_det(L))) + phi0 + mpmath.log(I)
-        return float(value), float(rel_err) + _F64_ROUND * abs(float(value))
+        return Estimate(float(value), float(rel_err) + _F64_ROUND * abs(float(value)), "mpmath_sinh_trapezoid", "refinement",
+                        {"dps": dps, "reduced": True})
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,9 +310,9 @@ def _elbo_const(s, G, d):
     return mpmath.mpf(d) / 2 + mpmath.fsum(mpmath.log(v * G) for v in s) / 2
 
 
-def elbo_mp(f_mp: FMp, ell_mp: EllMp, x, gamma2, mu, s, n: int, d: int, dps: int = 30, reduced: bool = True) -> tuple[float, float]:
+def elbo_mp(f_mp: FMp, ell_mp: EllMp, x, gamma2, mu, s, n: int, d: int, dps: int = 30, reduced: bool = True) -> Estimate:
     """ELBO(x; μ, s) (reduced by default: without (n−d)/2 · log(γ²/2π)) as a Gaussian
-    expectation by the trapezoidal rule in ξ (module doc).  Returns (value, error)."""
+    expectation by the trapezoidal rule in ξ (module doc).  Returns an :class:`Estimate`."""
     if d > 2:
         raise ValueError("elbo_mp supports d <= 2")
     with mpmath.workdps(dps):
@@ -326,21 +328,7 @@ def elbo_mp(f_mp: FMp, ell_mp: EllMp, x, gamma2, mu, s, n: int, d: int, dps: int
             const += mpmath.mpf(n - d) / 2 * mpmath.log(G / (2 * mpmath.pi))
         err = abs(E - Ec) + mpmath.mpf(10) ** (-dps + 5)
         value = float(E + const)
-        return value, float(err) + _F64_ROUND * abs(value)
-
-
-@dataclass
-class MpElboStar:
-    """ELBO*(x) (reduced unless asked otherwise) from the mpmath reference, its maximizers
-    and error budget."""
-
-    value: float
-    error: float
-    mu: list[float]
-    s: list[float]
-    decrement: float  # ½ gᵀ(−H)⁻¹g at the final point (value error from non-optimality)
-    quad_error: float  # |I_{1/4} − I_{1/8}| at the final point
-    iterations: int
+        return Estimate(value, float(err) + _F64_ROUND * abs(value), "mpmath_trapezoid", "refinement", {"dps": dps, "reduced": reduced})
 
 
 def _solve(H, g):
@@ -359,11 +347,13 @@ def elbo_star_mp(
     dps: int = 30,
     max_iter: int = 8,
     reduced: bool = True,
-) -> MpElboStar:
+) -> Estimate:
     """ELBO*(x) = sup_{μ,s} ELBO, by Newton's method in (μ, τ = log s) started at the float64
     optimum (μ0, s0).  Iterations use the h = 1/4 rule; the final point is re-evaluated with
     h = 1/8 (value, gradient, Hessian).  error = quadrature error (|I_{1/4} − I_{1/8}|) +
-    Newton decrement at the final point + 10^{−dps+5}."""
+    Newton decrement at the final point + 10^{−dps+5}.  Returns an :class:`Estimate` with
+    ``argmax = {"mu": [...], "s": [...]}`` (floats) and ``diagnostics`` ``newton_decrement``
+    (½ gᵀ(−H)⁻¹g at the final point), ``quad_error`` (|I_{1/4} − I_{1/8}|), ``iterations``."""
     if d > 2:
         raise ValueError("elbo_star_mp supports d <= 2")
     with mpmath.workdps(dps):
@@ -412,4 +402,6 @@ def elbo_star_mp(
         if not reduced:
             val += mpmath.mpf(n - d) / 2 * mpmath.log(G / (2 * mpmath.pi))
         s = [mpmath.exp(t) for t in tau]
-        return MpElboStar(float(val), float(err) + _F64_ROUND * abs(float(val)), [float(v) for v in mu], [float(v) for v in s], float(dec), float(quad), it)
+        return Estimate(float(val), float(err) + _F64_ROUND * abs(float(val)), "mpmath_trapezoid_newton", "refinement",
+                        {"newton_decrement": float(dec), "quad_error": float(quad), "iterations": it, "dps": dps, "reduced": reduced},
+                        {"mu": [float(v) for v in mu], "s": [float(v) for v in s]})

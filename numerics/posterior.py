@@ -269,7 +269,7 @@ def log_marginal_gh(
     (:func:`sinh_trapezoid_rule`, h = 0.2 … 0.025, one chart for all modes,
     :func:`_log_integral_chart`) is tried too, and the estimate with the
     smaller refinement difference is returned.  The error estimate is the last refinement
-    difference plus :func:`rounding_bound`; ``info["converged"]`` is False when no rule met
+    difference plus :func:`rounding_bound`; ``diagnostics["converged"]`` is False when no rule met
     the tolerance.
     """
     d = model.d
@@ -297,14 +297,13 @@ def log_marginal_gh(
     diff = abs(vals[-1] - vals[-2]) if len(vals) >= 2 else float("inf")
     err = diff + rb
     info: dict[str, Any] = {
-        "error_kind": "refinement",
         "levels": used,
         "converged": conv,
         "modes": pm.modes.tolist(),
         "n_modes": pm.count,
         "reduced": True,
     }
-    return Estimate(vals[-1], err, method, info)
+    return Estimate(vals[-1], err, method, "refinement", info)
 
 
 def divergent_term(n: int, d: int, gamma2: float) -> float:

@@ -55,10 +55,10 @@ def format_table(ev) -> str:
         f"{'latent z0':>22} {'gamma^2':>10} {'log p':>14} {'ELBO*':>14} {'gap':>14} {'+/-':>8} {'c_IMA':>12} {'L_IMA-ELBO*':>12}  flags",
     ]
     for r in ev.results:
-        z = "(" + ", ".join(f"{v:.4g}" for v in r["latent"]) + ")"
+        z = "(" + ", ".join(f"{v:.4g}" for v in r.latent) + ")"
         lines.append(
-            f"{z:>22} {r['gamma2']:>10.3g} {_fmt(r['log_px'])} {_fmt(r['elbo_star'])} {_fmt(r['gap'])} "
-            f"{r['error']['gap']:>8.1e} {r['c_ima']:>12.8f} {r['l_ima'] - r['elbo_star']:>12.3e}  {','.join(r['flags'])}"
+            f"{z:>22} {r.gamma2:>10.3g} {_fmt(r.log_px.value)} {_fmt(r.elbo_star.value)} {_fmt(r.gap.value)} "
+            f"{r.gap.error:>8.1e} {r.c_ima:>12.8f} {r.l_ima - r.elbo_star.value:>12.3e}  {','.join(r.flags)}"
         )
     return "\n".join(lines)
 
@@ -73,13 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--samples must be at least 2")
     ev = evaluate_spec(sym, device=args.device, predictions=not args.no_prediction, log_px_method=args.log_px_method,
                        is_samples=args.samples, seed=args.seed)
-    payload = {
-        "model": {"name": sym.name, "d": sym.d, "n": sym.n, "decoder": [str(c) for c in sym.decoder], "prior": sym.prior_label},
-        "device": ev.device,
-        "seconds": ev.seconds,
-        "results": ev.results,
-    }
-    text = dumps_json(payload)
+    text = dumps_json(ev.to_dict())
     if args.json:
         if str(args.json) == "-":
             sys.stdout.write(text)
@@ -140,7 +134,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from .registry import all_claims
+    from .claims import all_claims
 
     claims = all_claims()
     if args.json:

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from numerics.sweep import evaluate_points
+
 from .context import Context
-from .evaluate import evaluate_points
 
 
 def _mpl():
@@ -49,9 +50,9 @@ def _averaged(ctx: Context, name: str, num: int) -> dict[str, np.ndarray]:
     zs = m.prior.sample(num, gen, device=ctx.torch_device)
     g2s = ctx.sweep_gamma2
     res = evaluate_points(m, list(zs), g2s, search_modes=False)
-    gap = np.array([r["gap"] for r in res]).reshape(num, len(g2s))
-    dev = np.array([r["gap"] - r["c_ima"] for r in res]).reshape(num, len(g2s))
-    cima = np.array([r["c_ima"] for r in res]).reshape(num, len(g2s))[:, 0]
+    gap = np.array([r.gap.value for r in res]).reshape(num, len(g2s))
+    dev = np.array([r.gap.value - r.c_ima for r in res]).reshape(num, len(g2s))
+    cima = np.array([r.c_ima for r in res]).reshape(num, len(g2s))[:, 0]
     se = lambda a: a.std(0, ddof=1) / math.sqrt(num)  # noqa: E731
     return {"g2": np.array(g2s), "gap": gap.mean(0), "gap_se": se(gap), "dev": dev.mean(0), "dev_se": se(dev),
             "C": cima.mean(), "C_se": cima.std(ddof=1) / math.sqrt(num)}
@@ -63,10 +64,10 @@ def fig_gap(ctx: Context, out: Path) -> list[str]:
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for col, (name, label) in enumerate((("triangular", "non-IMA: triangular f, logistic prior"), ("ima", "IMA class: O·h(z), Gaussian prior"))):
         res = ctx.sweep(name)
-        lg = np.log10([r["gamma2"] for r in res])
-        gap = np.array([r["gap"] for r in res])
-        err = np.array([r["error"]["gap"] for r in res])
-        c = res[0]["c_ima"]
+        lg = np.log10([r.gamma2 for r in res])
+        gap = np.array([r.gap.value for r in res])
+        err = np.array([r.gap.error for r in res])
+        c = res[0].c_ima
         av = _averaged(ctx, name, num)
         ax = axes[0, col]
         ax.errorbar(lg, gap, yerr=err, fmt="o-", ms=4, label=r"$\log p_\gamma(x) - \mathrm{ELBO}^*(x)$ at $z_0$")
@@ -81,10 +82,10 @@ def fig_gap(ctx: Context, out: Path) -> list[str]:
         ax.legend(fontsize=7)
         ax2 = axes[1, col]
         dev = np.abs(gap - c)
-        ax2.loglog([r["gamma2"] for r in res], np.maximum(dev, 1e-300), "o-", ms=4, label=r"$|L_{\mathrm{IMA}} - \mathrm{ELBO}^*|$ at $z_0$")
+        ax2.loglog([r.gamma2 for r in res], np.maximum(dev, 1e-300), "o-", ms=4, label=r"$|L_{\mathrm{IMA}} - \mathrm{ELBO}^*|$ at $z_0$")
         ax2.loglog(av["g2"], np.maximum(np.abs(av["dev"]), 1e-300), "^-", ms=3, label="prior average")
-        ax2.loglog([r["gamma2"] for r in res], err, "k:", lw=1, label="numerical error estimate")
-        g = np.array([r["gamma2"] for r in res])
+        ax2.loglog([r.gamma2 for r in res], err, "k:", lw=1, label="numerical error estimate")
+        g = np.array([r.gamma2 for r in res])
         ax2.loglog(g, dev[0] * g[0] / g, "k--", lw=0.8, label=r"slope $-1$ ($O(\gamma^{-2})$)")
         ax2.set_xlabel(r"$\gamma^2$ (decoder precision)")
         ax2.set_ylabel("nats")
@@ -103,15 +104,15 @@ def fig_self_consistency(ctx: Context, out: Path) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, mk in (("triangular", "o"), ("embedding", "s"), ("ima", "^")):
         res = ctx.sweep(name)
-        g = np.array([r["gamma2"] for r in res])
-        s = np.array([r["s2_star"] for r in res])
+        g = np.array([r.gamma2 for r in res])
+        s = np.array([r.s_star for r in res])
         for k in range(s.shape[1]):
             axes[0].plot(np.log10(g), np.log10(s[:, k]), mk + "-", ms=3, label=f"{name}: $s^*_{k + 1}$")
-        z0 = np.array(res[0]["latent"])
-        mu = np.array([r["mu_star"] for r in res])
+        z0 = np.array(res[0].latent)
+        mu = np.array([r.mu_star for r in res])
         m = ctx.num(name)
         fx = m.decoder(torch.tensor(mu, dtype=torch.float64, device=ctx.torch_device)).cpu().numpy()
-        x = np.array(res[0]["x"])
+        x = np.array(res[0].x)
         axes[1].loglog(g, np.linalg.norm(fx - x, axis=1), mk + "-", ms=3, label=rf"{name}: $\|f(\mu^*) - x\|$")
         axes[1].loglog(g, np.linalg.norm(mu - z0, axis=1), mk + "--", ms=3, label=rf"{name}: $\|\mu^* - z_0\|$")
     g = np.array(ctx.sweep_gamma2)

@@ -30,7 +30,7 @@ class CheckResult:
     tolerance_source: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "evidence": self.evidence,
@@ -115,12 +115,3 @@ def claim(**fields: Any) -> Callable[[CheckFn], CheckFn]:
         return fn
 
     return deco
-
-
-def all_claims() -> list[Claim]:
-    from . import claims  # noqa: F401  (registers the records)
-
-    def key(c: Claim) -> tuple[int, int]:
-        return (0 if c.id.startswith("C") else 1, int(c.id[1:]))
-
-    return sorted(REGISTRY.values(), key=key)

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from numerics.models import (
-    GaussianPrior1D,
-    IMADecoder,
-    LogisticPrior1D,
-    MLPDecoder,
-    Model,
-    Prior,
-    StudentTPrior1D,
-)
+from numerics.models import GaussianPrior1D, IMADecoder, LogisticPrior1D, MLPDecoder, Model, Prior, StudentTPrior1D
 
 
 @st.composite

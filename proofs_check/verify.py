@@ -15,9 +15,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
+from .claims import all_claims
 from .context import Context
 from .properties import no_shrinking
-from .registry import Claim, CheckResult, _clean, all_claims
+from .registry import CheckResult, Claim, _clean
 
 REPORT_VERSION = 1
 
@@ -76,7 +77,7 @@ def run_claim(claim: Claim, ctx: Context, progress=None) -> dict[str, Any]:
         "status": status,
         "error": err,
         "evidence": evidence,
-        "checks": [r.as_dict() for r in res],
+        "checks": [r.to_dict() for r in res],
         "negative_controls": controls,
         "all_faults_rejected": all(c["rejected"] for c in controls),
         "seconds": time.perf_counter() - t0,

@@ -128,14 +128,14 @@ def _svi(sym, results, steps: int, samples: int, lr: float, lr_end: float | None
         t_eval = time.perf_counter() - t0
     rows = []
     for b, (i, g2) in enumerate(items):
-        r = next(r for r in results if r["gamma2"] == g2 and [float(v) for v in r["latent"]] == Z0[i].tolist())
+        r = next(r for r in results if r.gamma2 == g2 and [float(v) for v in r.latent] == Z0[i].tolist())
         rows.append({
             "latent": Z0[i].tolist(), "gamma2": g2,
-            "err_log_px": float(iwae[b]) - r["log_px"],
-            "err_elbo": float(elbo_hat[b]) - r["elbo_star"],
+            "err_log_px": float(iwae[b]) - r.log_px.value,
+            "err_elbo": float(elbo_hat[b]) - r.elbo_star.value,
             "elbo_se": float(elbo_se[b]),
-            "err_gap": (float(iwae[b]) - float(elbo_hat[b])) - r["gap"],
-            "gap": r["gap"],
+            "err_gap": (float(iwae[b]) - float(elbo_hat[b])) - r.gap.value,
+            "gap": r.gap.value,
         })
     return {"rows": rows, "t_opt": t_opt, "t_eval": t_eval, "B": B}
 
@@ -195,7 +195,7 @@ def _report_svi(sym, res, args, lr_end, label) -> None:
     print("| latent z0 | γ² | gap (gapcheck) | SVI error log p (IWAE) | SVI error ELBO* | MC s.e. of final ELBO | SVI error gap |")
     print("|---|---|---|---|---|---|---|")
     for r in svi["rows"]:
-        z = "(" + ", ".join(f"{v:.3g}" for v in r["latent"]) + ")"
+        z = "(" + ", ".join(f"{v:.3g}" for v in r.latent) + ")"
         print(f"| {z} | {r['gamma2']:.0e} | {r['gap']:.6f} | {r['err_log_px']:+.2e} | {r['err_elbo']:+.2e} | "
               f"{r['elbo_se']:.1e} | {r['err_gap']:+.2e} |")
     for key, what in [("err_log_px", "log p"), ("err_elbo", "ELBO*"), ("err_gap", "gap")]:

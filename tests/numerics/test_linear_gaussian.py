@@ -8,7 +8,7 @@ Closed form (computed in mpmath at 50 digits, so it is exact to far below the to
     xᵀ Σ⁻¹ x = γ² ‖x − A m‖² + mᵀ diag(1/v) m                (no γ²‖x‖² − ... cancellation),
     μ* = m,  s*_k = 1/Λ_kk,  gap = ½ (Σ_k log Λ_kk − log det Λ)   (C2).
 
-The numerical values come from :func:`proofs_check.evaluate.evaluate_points`, the code path of
+The numerical values come from :func:`numerics.sweep.evaluate_points`, the code path of
 `gapcheck evaluate`.  Requirement (task brief): log p, ELBO* and the gap within 1e-11 absolute
 for γ² ∈ [1e-2, 1e8], d ≤ 5, n ≥ d.  For this model the Gauss–Hermite rules are exact (the
 integrand is Gaussian in the posterior-scaled coordinates, the ELBO a quadratic), so the only
@@ -28,7 +28,7 @@ import torch
 
 from numerics.models import GaussianPrior1D, LinearDecoder, Model, Prior
 from numerics.quadrature import UNIT_ROUNDOFF
-from proofs_check.evaluate import evaluate_points
+from numerics.sweep import evaluate_points
 
 GAMMA2S = [1e-2, 1.0, 1e2, 1e4, 1e6, 1e8]
 #: (d, n) shapes: square, n > d, and the largest d the brief asks for
@@ -116,14 +116,14 @@ def test_linear_gaussian_matches_closed_form(d: int, n: int):
     results = evaluate_points(model, z0s, GAMMA2S)
     bad = []
     for r in results:
-        g2 = r["gamma2"]
-        cf = closed_form(A, v, np.asarray(r["x"]), g2)
+        g2 = r.gamma2
+        cf = closed_form(A, v, np.asarray(r.x), g2)
         checks = {
-            "log_px": (r["log_px"], cf["log_px"], r["error"]["log_px"]),
-            "log_px_red": (r["reduced"]["log_px"], cf["log_px_red"], r["error"]["log_px"]),
-            "elbo_star": (r["elbo_star"], cf["elbo_star"], r["error"]["elbo_star"]),
-            "elbo_star_red": (r["reduced"]["elbo_star"], cf["elbo_star_red"], r["error"]["elbo_star"]),
-            "gap": (r["gap"], cf["gap"], r["error"]["gap"]),
+            "log_px": (r.log_px.value, cf["log_px"], r.log_px.error),
+            "log_px_red": (r.reduced_log_px, cf["log_px_red"], r.log_px.error),
+            "elbo_star": (r.elbo_star.value, cf["elbo_star"], r.elbo_star.error),
+            "elbo_star_red": (r.reduced_elbo_star, cf["elbo_star_red"], r.elbo_star.error),
+            "gap": (r.gap.value, cf["gap"], r.gap.error),
         }
         for what, (num, exact, reported) in checks.items():
             err = abs(num - exact)
@@ -139,14 +139,14 @@ def test_linear_gaussian_matches_closed_form(d: int, n: int):
         eps = 1.0 / g2
         for k in range(d):
             tol_mu = 1e-10 * math.sqrt(eps) + 64 * cf["cond_lam"] * UNIT_ROUNDOFF * (1 + abs(cf["mu"][k]))
-            if abs(r["mu_star"][k] - cf["mu"][k]) > tol_mu:
-                bad.append(f"mu*[{k}] at γ²={g2:g}: {r['mu_star'][k]!r} vs {cf['mu'][k]!r} (tol {tol_mu:.1e})")
-            rel = abs(r["s2_star"][k] / cf["s"][k] - 1)
+            if abs(r.mu_star[k] - cf["mu"][k]) > tol_mu:
+                bad.append(f"mu*[{k}] at γ²={g2:g}: {r.mu_star[k]!r} vs {cf['mu'][k]!r} (tol {tol_mu:.1e})")
+            rel = abs(r.s_star[k] / cf["s"][k] - 1)
             tol_s = 1e-10 + 64 * cf["cond_lam"] * UNIT_ROUNDOFF
             if rel > tol_s:
-                bad.append(f"s*[{k}] at γ²={g2:g}: {r['s2_star'][k]!r} vs {cf['s'][k]!r}, rel err {rel:.1e} (tol {tol_s:.1e})")
-        if r["flags"]:
-            bad.append(f"unexpected flags at γ²={g2:g}: {r['flags']}")
+                bad.append(f"s*[{k}] at γ²={g2:g}: {r.s_star[k]!r} vs {cf['s'][k]!r}, rel err {rel:.1e} (tol {tol_s:.1e})")
+        if r.flags:
+            bad.append(f"unexpected flags at γ²={g2:g}: {r.flags}")
     assert not bad, f"linear-Gaussian {d}x{n} (A cond ≤ 10):\n  " + "\n  ".join(bad)
 
 
@@ -163,4 +163,4 @@ def test_linear_gaussian_gap_tends_to_c_ima():
     r = evaluate_points(model, [torch.tensor([0.2, -0.4, 0.9], dtype=torch.float64)], [g2])[0]
     pred = c_ima + a1 / g2
     # O(ε²) remainder with coefficients of size ‖M⁻¹‖² ≈ 1: ≤ 1e-15; float64 c_IMA ≈ 1e-15
-    assert abs(r["gap"] - pred) <= r["error"]["gap"] + 1e-14
+    assert abs(r.gap.value - pred) <= r.gap.error + 1e-14

@@ -31,7 +31,7 @@ from numerics.models import (
 )
 from numerics.posterior import find_modes
 from numerics.quadrature import UNIT_ROUNDOFF
-from proofs_check.evaluate import evaluate_points
+from numerics.sweep import evaluate_points
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,8 +207,8 @@ def test_non_injective_gap_tends_to_c_ima_plus_log2(name, prior):
     assert abs(float(pm.log_mass[0] - pm.log_mass[1])) < 1e-10  # equal masses by symmetry
     res = evaluate_points(model, [z0], [1e6, 1e8])
     for r in res:
-        assert r["n_modes"] == 2 and "multimodal" in r["flags"]
-    (g6, e6), (g8, e8) = [(r["gap"], r["error"]["gap"]) for r in res]
+        assert r.n_modes == 2 and "multimodal" in r.flags
+    (g6, e6), (g8, e8) = [(r.gap.value, r.gap.error) for r in res]
     eps6, eps8 = 1e-6, 1e-8
     w = eps8 / (eps6 - eps8)
     limit = g8 - (g6 - g8) * w

@@ -102,7 +102,7 @@ def _setup(model, z0, gamma2, require=assume):
     require(pm.count == 1)
     lp = log_marginal_gh(model, pm)
     # a converged deterministic reference is needed to judge the stochastic ones
-    require(lp.info["converged"])
+    require(lp.diagnostics["converged"])
     stars = elbo_star(model, [pm])
     return x, pm, lp, stars[0]
 
@@ -126,7 +126,7 @@ def test_importance_sampling_matches_gh(mz, log10_g2):
     x, pm, lp, _ = _setup(model, z0, gamma2)
     est_t = log_marginal_is(model, pm, 4096, seed=1, proposal="laplace_t")
     _within(est_t, lp.value, lp.error, f"{model.name} γ²={gamma2:.3g} log p (t proposal)")
-    assert 0 < est_t.info["ess"] <= 4096 and est_t.info["error_kind"] == "standard_error"
+    assert 0 < est_t.diagnostics["ess"] <= 4096 and est_t.error_kind == "standard_error"
     max_curv = 1.0 if prior_kind == "gaussian" else 0.5
     if kind == "linear" and gamma2 * smin**2 > 0.5 * max_curv:
         est_g = log_marginal_is(model, pm, 4096, seed=2, proposal="laplace")
@@ -140,11 +140,11 @@ def test_mc_and_qmc_elbo_match_gh(mz, log10_g2):
     gamma2 = 10.0**log10_g2
     x, pm, _, star = _setup(model, z0, gamma2)
     # at the optimum, and at a perturbed encoder (ELBO(x; μ, s) for a generic q)
-    mu2 = star.mu + 0.7 * torch.sqrt(star.s)
-    s2 = star.s * 1.6
+    mu2 = star.argmax["mu"] + 0.7 * torch.sqrt(star.argmax["s"])
+    s2 = star.argmax["s"] * 1.6
     ref2 = elbo_gh(model, x, gamma2, mu2, s2, reduced=False)
     for mu, s, ref_v, ref_e, tag in [
-        (star.mu, star.s, star.value, star.error, "ELBO*"),
+        (star.argmax["mu"], star.argmax["s"], star.value, star.error, "ELBO*"),
         (mu2, s2, ref2.value, ref2.error, "ELBO(perturbed)"),
     ]:
         reduced = tag == "ELBO*"
@@ -161,19 +161,19 @@ def test_estimators_are_deterministic_and_reduced_consistent():
     model = Model(LinearDecoder([[1.0, 0.3], [0.2, 1.1], [0.5, -0.4]]), Prior.iid(LogisticPrior1D(), 2))
     z0 = torch.tensor([0.4, -0.2], dtype=torch.float64)
     x, pm, lp, star = _setup(model, z0, 1e3, require=_assert)
-    a = elbo_mc(model, x, 1e3, star.mu, star.s, 512, seed=9)
-    b = elbo_mc(model, x, 1e3, star.mu, star.s, 512, seed=9)
-    r = elbo_mc(model, x, 1e3, star.mu, star.s, 512, seed=9, reduced=True)
+    a = elbo_mc(model, x, 1e3, star.argmax["mu"], star.argmax["s"], 512, seed=9)
+    b = elbo_mc(model, x, 1e3, star.argmax["mu"], star.argmax["s"], 512, seed=9)
+    r = elbo_mc(model, x, 1e3, star.argmax["mu"], star.argmax["s"], 512, seed=9, reduced=True)
     assert a.value == b.value and a.error == b.error
     assert abs(a.value - (r.value + divergent_term(3, 2, 1e3))) < 1e-12
-    q1 = elbo_qmc(model, x, 1e3, star.mu, star.s, 64, 4, seed=1)
-    q2 = elbo_qmc(model, x, 1e3, star.mu, star.s, 64, 4, seed=1)
+    q1 = elbo_qmc(model, x, 1e3, star.argmax["mu"], star.argmax["s"], 64, 4, seed=1)
+    q2 = elbo_qmc(model, x, 1e3, star.argmax["mu"], star.argmax["s"], 64, 4, seed=1)
     assert q1.value == q2.value
     i1 = log_marginal_is(model, pm, 256, seed=5)
     i2 = log_marginal_is(model, pm, 256, seed=5)
-    assert i1.value == i2.value and i1.info["num_samples"] == 256
+    assert i1.value == i2.value and i1.diagnostics["num_samples"] == 256
     with pytest.raises(ValueError):
-        elbo_qmc(model, x, 1e3, star.mu, star.s, 100, 4, seed=1)
+        elbo_qmc(model, x, 1e3, star.argmax["mu"], star.argmax["s"], 100, 4, seed=1)
 
 
 def test_importance_sampling_two_modes():
@@ -188,7 +188,7 @@ def test_importance_sampling_two_modes():
     lp = log_marginal_gh(model, pm)
     est = log_marginal_is(model, pm, 8192, seed=0)
     _within(est, lp.value, lp.error, "two-mode log p")
-    assert est.info["n_modes"] == 2
+    assert est.diagnostics["n_modes"] == 2
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def _rate_model():
     model = Model(CallableDecoder(fn, 2, 2, name="triangular"), Prior.iid(LogisticPrior1D(), 2))
     z0 = torch.tensor([0.3, 1.1], dtype=torch.float64)
     x, pm, lp, star = _setup(model, z0, 1e2, require=_assert)
-    ref = elbo_gh(model, x, 1e2, star.mu, star.s, reduced=True)
+    ref = elbo_gh(model, x, 1e2, star.argmax["mu"], star.argmax["s"], reduced=True)
     return model, x, star, ref
 
 
@@ -219,7 +219,7 @@ def test_mc_error_rate_is_n_to_minus_half():
     seeds = range(64)
     se, rms = [], []
     for N in ns:
-        ests = [elbo_mc(model, x, 1e2, star.mu, star.s, N, seed=1000 + s, reduced=True) for s in seeds]
+        ests = [elbo_mc(model, x, 1e2, star.argmax["mu"], star.argmax["s"], N, seed=1000 + s, reduced=True) for s in seeds]
         se.append(float(np.mean([e.error for e in ests])))
         rms.append(math.sqrt(float(np.mean([(e.value - ref.value) ** 2 for e in ests]))))
     assert -0.6 <= _slope(ns, se) <= -0.4, se
@@ -243,11 +243,11 @@ def test_qmc_error_rate_is_faster_than_n_to_minus_half():
     R = 32
     rms, rep = [], []
     for N in ns:
-        q = elbo_qmc(model, x, 1e2, star.mu, star.s, N, R, seed=77, reduced=True)
-        vals = np.array(q.info["replicate_values"])
+        q = elbo_qmc(model, x, 1e2, star.argmax["mu"], star.argmax["s"], N, R, seed=77, reduced=True)
+        vals = np.array(q.diagnostics["replicate_values"])
         rms.append(math.sqrt(float(np.mean((vals - ref.value) ** 2))))
         rep.append(q.error * math.sqrt(R))  # std over scramblings
     assert _slope(ns, rms) <= -0.75, (_slope(ns, rms), rms)
     assert _slope(ns, rep) <= -0.75, (_slope(ns, rep), rep)
-    mc = elbo_mc(model, x, 1e2, star.mu, star.s, 2**12, seed=5, reduced=True)
+    mc = elbo_mc(model, x, 1e2, star.argmax["mu"], star.argmax["s"], 2**12, seed=5, reduced=True)
     assert rms[-1] < 0.1 * mc.error

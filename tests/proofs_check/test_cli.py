@@ -29,7 +29,7 @@ def test_evaluate_json_schema_and_order(tmp_path: Path) -> None:
     assert [(r["latent"], r["gamma2"]) for r in res] == [
         (z, g) for z in ([0.3, 1.1], [-0.8, -0.5]) for g in (1.0, 10.0, 100.0, 1e4, 1e6, 1e8)
     ]
-    keys = {"latent", "x", "gamma2", "log_px", "elbo_star", "gap", "c_ima", "l_ima", "mu_star", "s2_star", "error"}
+    keys = {"latent", "x", "gamma2", "log_px", "elbo_star", "gap", "c_ima", "l_ima", "mu_star", "s_star", "error"}
     for r in res:
         assert keys <= set(r)
         assert set(r["error"]) == {"log_px", "elbo_star", "gap"}

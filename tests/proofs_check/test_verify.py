@@ -3,6 +3,7 @@ in c_IMA, or in the ELBO* optimizer (issue #4's acceptance criterion)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import proofs_check.evaluate as ev
+import numerics.sweep as ev
 from numerics.elbo import elbo_gh
 from proofs_check.cli import main
 
@@ -47,11 +48,12 @@ def test_fault_in_elbo_optimizer_is_caught(tmp_path: Path, monkeypatch: pytest.M
 
     def sloppy(model, posts, *a, **k):
         # planted bug: the optimizer stops at μ* + 0.05·γ⁻¹ (the size of an SGD encoder's error)
-        stars = real(model, posts, *a, **k)
-        for st, pm in zip(stars, posts):
-            st.mu = st.mu + 0.05 / math.sqrt(pm.gamma2)
-            st.value = elbo_gh(model, pm.x, pm.gamma2, st.mu, st.s, reduced=True).value
-        return stars
+        out = []
+        for st, pm in zip(real(model, posts, *a, **k), posts):
+            mu = st.argmax["mu"] + 0.05 / math.sqrt(pm.gamma2)
+            value = elbo_gh(model, pm.x, pm.gamma2, mu, st.argmax["s"], reduced=True).value
+            out.append(dataclasses.replace(st, value=value, argmax={"mu": mu, "s": st.argmax["s"]}))
+        return out
 
     monkeypatch.setattr(ev, "elbo_star", sloppy)
     code = main(["verify", "--quick", "--claims", "C7,C11", "--out", str(tmp_path / "r"), "--no-progress", "--no-plots"])

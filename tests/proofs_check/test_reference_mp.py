@@ -128,6 +128,11 @@ RECORDS = [r for r in RECORDS if (r.model, r.point, r.gamma2, r.quantity) not in
 # ----------------------------------------------------------------------------------------
 
 
+def _ve(est) -> tuple[float, float]:
+    """(value, error) of an Estimate."""
+    return est.value, est.error
+
+
 @functools.lru_cache(maxsize=None)
 def _model(name: str):
     sym = loads_spec(MODELS[name], name=name)
@@ -163,10 +168,10 @@ def _compute(case: RefCase) -> tuple[float, float, float, float]:
     x, pm = _modes(case.model, case.point, case.gamma2)
     if case.quantity == "log_px":
         lp = log_marginal_gh(model, pm)
-        v, e = log_marginal_mp(f_mp, ell_mp, x.tolist(), case.gamma2, pm.modes[0].tolist(), pm.scale(0).tolist())
+        v, e = _ve(log_marginal_mp(f_mp, ell_mp, x.tolist(), case.gamma2, pm.modes[0].tolist(), pm.scale(0).tolist()))
         return lp.value, lp.error, v, e
     st = _star(case.model, case.point, case.gamma2)
-    ref = elbo_star_mp(f_mp, ell_mp, x.tolist(), case.gamma2, st.mu.tolist(), st.s.tolist(), model.n, model.d)
+    ref = elbo_star_mp(f_mp, ell_mp, x.tolist(), case.gamma2, st.argmax["mu"].tolist(), st.argmax["s"].tolist(), model.n, model.d)
     return st.value, st.error, ref.value, ref.error
 
 
@@ -255,7 +260,7 @@ def test_mpref_log_marginal_against_mpmath_quad(name: str, gamma2: float):
     reference's stated error (which includes the 2⁻⁵³ rounding of the returned float)."""
     _, model, (f_mp, ell_mp) = _model(name)
     x, pm = _modes(name, POINTS[name][0], gamma2)
-    v, e = log_marginal_mp(f_mp, ell_mp, x.tolist(), gamma2, pm.modes[0].tolist(), pm.scale(0).tolist())
+    v, e = _ve(log_marginal_mp(f_mp, ell_mp, x.tolist(), gamma2, pm.modes[0].tolist(), pm.scale(0).tolist()))
     ref = _mpquad_log_marginal(f_mp, ell_mp, x.tolist(), gamma2, pm.modes[0].tolist(), pm.scale(0).tolist())
     assert abs(v - ref) <= e + 2.0**-53 * abs(ref)
     assert e < 1e-13
@@ -267,9 +272,9 @@ def test_elbo_mp_against_mpmath_quad_and_gh(gamma2: float):
     and against numerics.elbo.elbo_gh within its reported error."""
     _, model, (f_mp, ell_mp) = _model("oned")
     x, _, _, st = _float64("oned", POINTS["oned"][0], gamma2)
-    mu = [float(st.mu[0]) + 0.3 * math.sqrt(float(st.s[0]))]
-    s = [1.7 * float(st.s[0])]
-    v, e = elbo_mp(f_mp, ell_mp, x.tolist(), gamma2, mu, s, model.n, model.d)
+    mu = [float(st.argmax["mu"][0]) + 0.3 * math.sqrt(float(st.argmax["s"][0]))]
+    s = [1.7 * float(st.argmax["s"][0])]
+    v, e = _ve(elbo_mp(f_mp, ell_mp, x.tolist(), gamma2, mu, s, model.n, model.d))
     with mpmath.workdps(30):
         X = [mpmath.mpf(t) for t in x.tolist()]
         G, m_, sg = mpmath.mpf(gamma2), mpmath.mpf(mu[0]), mpmath.sqrt(mpmath.mpf(s[0]))
@@ -291,9 +296,9 @@ def test_elbo_mp_2d_against_gh():
     _, model, (f_mp, ell_mp) = _model("triangular")
     gamma2 = 1e4
     x, _, _, st = _float64("triangular", POINTS["triangular"][0], gamma2)
-    mu = (st.mu + 0.5 * torch.sqrt(st.s)).tolist()
-    s = (st.s * torch.tensor([0.6, 1.8], dtype=torch.float64)).tolist()
-    v, e = elbo_mp(f_mp, ell_mp, x.tolist(), gamma2, mu, s, model.n, model.d)
+    mu = (st.argmax["mu"] + 0.5 * torch.sqrt(st.argmax["s"])).tolist()
+    s = (st.argmax["s"] * torch.tensor([0.6, 1.8], dtype=torch.float64)).tolist()
+    v, e = _ve(elbo_mp(f_mp, ell_mp, x.tolist(), gamma2, mu, s, model.n, model.d))
     gh = elbo_gh(model, x, gamma2, torch.tensor(mu, dtype=torch.float64), torch.tensor(s, dtype=torch.float64), reduced=True)
     assert e < 1e-14
     assert abs(gh.value - v) <= gh.error + e
@@ -307,7 +312,7 @@ def test_elbo_star_mp_is_a_maximum():
     _, model, (f_mp, ell_mp) = _model("oned")
     gamma2 = 1e2
     x, _, _, st = _float64("oned", POINTS["oned"][0], gamma2)
-    ref = elbo_star_mp(f_mp, ell_mp, x.tolist(), gamma2, st.mu.tolist(), st.s.tolist(), model.n, model.d)
+    ref = elbo_star_mp(f_mp, ell_mp, x.tolist(), gamma2, st.argmax["mu"].tolist(), st.argmax["s"].tolist(), model.n, model.d)
     for dmu, fs in [(1e-3, 1.0), (-1e-3, 1.0), (0.0, 1.05), (0.0, 0.95)]:
-        v, e = elbo_mp(f_mp, ell_mp, x.tolist(), gamma2, [ref.mu[0] + dmu * math.sqrt(ref.s[0])], [ref.s[0] * fs], model.n, model.d)
+        v, e = _ve(elbo_mp(f_mp, ell_mp, x.tolist(), gamma2, [ref.argmax["mu"][0] + dmu * math.sqrt(ref.argmax["s"][0])], [ref.argmax["s"][0] * fs], model.n, model.d))
         assert v < ref.value - 1e-8

@@ -1,0 +1,28 @@
+"""The claims of docs/theory.md (C1–C16) and the negative controls (N1, N2) as registry records.
+
+- :mod:`.evidence`: the vocabulary of evidence (tolerance-carrying comparisons);
+- :mod:`.faults`: planted faults as named ingredients;
+- :mod:`.exact` (C1–C6), :mod:`.asymptotic` (C7–C16), :mod:`.controls` (N1, N2): the records.
+
+Importing this package registers every record in :data:`proofs_check.registry.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from ..registry import REGISTRY, Claim
+from . import asymptotic, controls, exact  # noqa: F401  (register the records)
+
+__all__ = ["all_claims", "get_claim"]
+
+
+def all_claims() -> list[Claim]:
+    """Every registered claim, C-claims first, in numeric order."""
+
+    def key(c: Claim) -> tuple[int, int]:
+        return (0 if c.id.startswith("C") else 1, int(c.id[1:]))
+
+    return sorted(REGISTRY.values(), key=key)
+
+
+def get_claim(claim_id: str) -> Claim:
+    return REGISTRY[claim_id.strip().upper()]

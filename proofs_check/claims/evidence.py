@@ -1,0 +1,151 @@
+"""The vocabulary of evidence: the comparisons every claim check is made of.
+
+- :func:`within` (registry): a measured error held against a tolerance with its source;
+- :func:`order_check`: the observed order of accuracy of a refinement sweep vs the theory;
+- :func:`limit_checks`: order check + Richardson limit vs a predicted limit;
+- :func:`symbolic_equal`, :func:`boolean_check`: exact (sympy) statements;
+- :func:`gap_limit_property`: a hypothesis property over random decoders.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import sympy as sp
+import torch
+
+from numerics.fits import OrderFit, fit_order, poly_fit
+from numerics.jacobian import c_ima_batch_mean_jacobian, jacobian
+from numerics.sweep import PointResult, evaluate_points
+from theory.expansions import numeric
+
+from ..bridge import point_tensor
+from ..context import Context
+from ..properties import run_property
+from ..registry import CheckResult, within
+
+Results = list[CheckResult]
+LOG2 = math.log(2.0)
+
+#: Models whose gap is checked against c_IMA (non-IMA, IMA class, conformal, n > d).
+GAP_MODELS = ("triangular", "ima", "mobius", "embedding", "mlp")
+
+
+def _models(ctx: Context, all_models: Sequence[str], quick: Sequence[str]) -> Sequence[str]:
+    return quick if ctx.mode == "quick" else all_models
+
+
+
+# ----------------------------------------------------------------------------------------
+# Shared comparisons
+# ----------------------------------------------------------------------------------------
+
+RICHARDSON_TRUNCATION = 1e-9
+RICHARDSON_SOURCE = (
+    "3 x the propagated standard error of the Richardson intercept (weights = the reported error "
+    "estimates) + 1e-9, a bound on the O(eps^2) truncation |a2| eps^2 for |a2| <= 1e3 at eps <= 1e-6"
+)
+ORDER_SOURCE = "0.1 (next-order bending of the log-log line over eps in [1e-8, 1e-1]) + 3 standard errors of the fitted slope"
+
+
+def order_check(label: str, eps: np.ndarray, dev: np.ndarray, noise: np.ndarray, order: float, snr: float = 100.0, **details) -> CheckResult:
+    """Observed order of accuracy of a deviation dev(ε) ≈ C ε^p (least-squares slope of
+    log|dev| on log ε over the points where |dev| > snr × noise) held against ``order``."""
+    fit = fit_order(eps, dev, noise, snr=snr)
+    return within(f"{label} vs theory ({order:g})", "convergence",
+                  abs(fit.order - order) if math.isfinite(fit.order) else float("inf"), order_tolerance(fit), ORDER_SOURCE,
+                  fit=fit.to_dict(), theory_order=order, **details)
+
+
+def limit_checks(label: str, eps: np.ndarray, vals: np.ndarray, errs: np.ndarray, limit: float, order: float = 1.0) -> Results:
+    """The limit of ``vals`` as ε -> 0 equals ``limit`` and the error ``vals - limit`` decays
+    as ε^order: (1) observed order of accuracy (least-squares slope of log|vals − limit| on
+    log ε) held against ``order``; (2) Richardson extrapolation (linear fit in ε over the
+    points with ε ≤ 1e-6) held against ``limit``."""
+    out = [order_check(f"{label}: observed order of convergence", eps, vals - limit, errs, order,
+                       eps_values=list(map(float, eps)), deviation=list(map(float, vals - limit)))]
+    small = eps <= 1e-6 + 1e-18
+    if small.sum() >= 2:
+        pf = poly_fit(eps[small], vals[small], errs[small], 1)
+        est, se = float(pf.coef[0]), float(pf.stderr[0])
+        out.append(
+            within(
+                f"{label}: Richardson limit vs predicted {limit:.12g}", "numerical", abs(est - limit),
+                3 * se + RICHARDSON_TRUNCATION, RICHARDSON_SOURCE, extrapolated=est, predicted=limit,
+            )
+        )
+    return out
+
+
+def _f(expr: sp.Expr) -> float:
+    """A numeric sympy expression as a float (50-digit evaluation, theory.expansions.numeric)."""
+    return float(numeric(expr, 50))
+
+
+def symbolic_equal(name: str, a: sp.Expr, b: sp.Expr, digits: int = 30) -> CheckResult:
+    """Two sympy expressions agree: exact simplification, or to 1e-25 when evaluated at 30
+    digits (exact rationals in, so 1e-25 is far above evaluation rounding)."""
+    d = sp.sympify(a - b)
+    if not d.free_symbols:
+        # a number: exact when rational, else evaluated at 50 digits (theory.expansions.numeric)
+        err = float(abs(d)) if d.is_Rational else float(abs(numeric(d, 50)))
+    else:
+        # simplify only small expressions (it can take minutes on large transcendental ones)
+        exact_zero = sp.count_ops(d) <= 300 and sp.simplify(d) == 0
+        err = 0.0 if exact_zero else float("inf")
+    return within(name, "symbolic", err, 1e-25, "exact for rationals, else 50-digit evaluation (rounding < 1e-40)",
+                  lhs=_f(a) if not sp.sympify(a).free_symbols else str(a)[:200], rhs=_f(b) if not sp.sympify(b).free_symbols else str(b)[:200])
+
+
+def boolean_check(name: str, evidence, ok: bool, **details) -> CheckResult:
+    return CheckResult(name, evidence, bool(ok), None, None, "sympy proof (simplify to zero)" if evidence == "symbolic" else "", details)
+
+
+
+def order_tolerance(fit: OrderFit) -> float:
+    """Tolerance on |p_observed − p_theory|: 0.1 (the sweep reaches ε = 0.1, where the
+    next-order term bends the log–log line by up to ~|a2/a1|·ε; measured bends on the
+    built-in models are < 0.05) plus three standard errors of the fitted slope."""
+    return 0.1 + 3 * fit.stderr
+
+
+def gap_eps(results: list[PointResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ε, gap, gap error) arrays of a sweep."""
+    eps = np.array([r.eps for r in results])
+    gap = np.array([r.gap.value for r in results])
+    err = np.array([r.gap.error for r in results])
+    return eps, gap, err
+
+
+def jac_at(ctx: Context, name: str) -> torch.Tensor:
+    """J(z0) of a built-in model at its first point (torch.func, float64)."""
+    z0 = point_tensor(ctx.point(name), ctx.torch_device)
+    return jacobian(ctx.num(name).decoder, z0)
+
+
+def gap_limit_property(ctx: Context, kind: str, predicted: str, fault: str | None) -> CheckResult:
+    """hypothesis over random decoders of ``kind``, priors and points: the Richardson limit
+    (10·gap(1e7) − gap(1e6))/9 equals the prediction: c_IMA(f, z0) (``predicted="c_ima"``;
+    the batch-mean contrast under the fault ``batch_mean_contrast``) or 0 (``"zero"``)."""
+    from ..strategies import models_and_points
+
+    def pred(ex):
+        model, z0 = ex
+        z = torch.tensor(z0, dtype=torch.float64, device=ctx.torch_device)
+        r6, r7 = evaluate_points(model, [z], [1e6, 1e7], search_modes=False)
+        lim = (10 * r7.gap.value - r6.gap.value) / 9
+        c = r6.c_ima if predicted == "c_ima" else 0.0
+        if fault == "batch_mean_contrast":
+            zs = model.prior.sample(256, torch.Generator().manual_seed(ctx.seed), device=ctx.torch_device)
+            c = float(c_ima_batch_mean_jacobian(model.decoder, zs))
+        # tolerance: propagated error estimates (10·e7 + e6)/9, x3, + 1e-9 for the O(ε²) truncation
+        tol = 3 * (10 * r7.gap.error + r6.gap.error) / 9 + 1e-9
+        return abs(lim - c) <= tol, f"{model.name}, z0 = {z0}: Richardson gap limit {lim:.12g} vs predicted {c:.12g} (tol {tol:.1e})"
+
+    label = "IMA-class" if kind == "ima" else "triangular MLP (non-IMA)"
+    target = "c_IMA(f, z0)" if predicted == "c_ima" else "0"
+    return run_property(f"random {label} decoders, priors, points: Richardson gap limit = {target}", models_and_points(kind),
+                        pred, ctx.n_samples(4, 12, 50))
+

@@ -1,4 +1,4 @@
-"""The mean-field ELBO and its supremum ELBO*(x) (THEORY.md).
+"""The mean-field ELBO and its supremum ELBO*(x) (docs/theory.md).
 
 ELBO(x; μ, s) = E_q[log p_γ(x|z)] + E_q[ℓ(z)] + ½ Σ_k log(2πe s_k),  q = N(μ, diag(s)).
 
@@ -209,7 +209,7 @@ def _elbo_red_fullcov(model: Model, nodes: Tensor, logw: Tensor):
 
 
 def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[int] | None = None, tol: float = 1e-13) -> list[Estimate]:
-    """sup over full-covariance Gaussians q = N(μ, Σ) of the ELBO (reduced), THEORY C14.
+    """sup over full-covariance Gaussians q = N(μ, Σ) of the ELBO (reduced), docs/theory.md C14.
 
     Same scaled parametrization, quadrature refinement and Newton method as
     :func:`elbo_star`; start: μ = ẑ (main mode), Σ = the Laplace covariance.

@@ -1,4 +1,4 @@
-"""Batched Jacobians of decoders and the IMA contrast (THEORY.md: c_IMA, C_IMA).
+"""Batched Jacobians of decoders and the IMA contrast (docs/theory.md: c_IMA, C_IMA).
 
 c_IMA(f, z) = Σ_k log‖J_k(z)‖ − ½ log det(J(z)ᵀJ(z)).  With the thin QR factorization
 J = QR, ½ log det(JᵀJ) = Σ_k log|R_kk| and |R_kk| ≤ ‖J_k‖, so
@@ -68,7 +68,7 @@ def c_ima(f: Decoder, z: Tensor) -> Tensor:
 
 def c_ima_batch_mean_jacobian(f: Decoder, z: Tensor) -> Tensor:
     """The *wrong* contrast used by the paper's code: c_IMA of the batch-mean Jacobian
-    (a negative control, THEORY N2).  Returns a scalar."""
+    (a negative control, docs/theory.md N2).  Returns a scalar."""
     return c_ima_from_jacobian(jacobian(f, z).mean(0))
 
 

@@ -1,6 +1,6 @@
 """Decoders f: R^d -> R^n and factorized priors p0 as batched float64 torch callables.
 
-Notation follows THEORY.md: latents z ∈ R^d, observations x ∈ R^n (n ≥ d), prior
+Notation follows docs/theory.md: latents z ∈ R^d, observations x ∈ R^n (n ≥ d), prior
 log-density ℓ(z) = Σ_k ℓ_k(z_k).  Every callable acts on tensors of shape (..., d) and is
 built only from torch operations, so ``torch.func`` (jacrev, hessian, vmap) applies to it.
 """
@@ -70,7 +70,7 @@ class _ParamCache:
 
 
 class LinearDecoder(Decoder):
-    """f(z) = A z (THEORY C5)."""
+    """f(z) = A z (docs/theory.md C5)."""
 
     def __init__(self, A: np.ndarray | Sequence[Sequence[float]], name: str = "linear") -> None:
         A = np.atleast_2d(np.asarray(A, dtype=np.float64))
@@ -106,7 +106,7 @@ class TriangularDecoder(Decoder):
 class IMADecoder(Decoder):
     """IMA-class map f(z) = O · h(z), O ∈ R^{n×d} with orthonormal columns, h elementwise
     h_k(z_k) = a_k z_k + b_k tanh(z_k) (a_k > 0, b_k > -a_k so h_k is strictly increasing).
-    Its Jacobian O·diag(h'(z)) has orthogonal columns everywhere (THEORY C12)."""
+    Its Jacobian O·diag(h'(z)) has orthogonal columns everywhere (docs/theory.md C12)."""
 
     def __init__(self, d: int, n: int | None = None, seed: int = 0, name: str = "ima") -> None:
         n = d if n is None else n
@@ -127,7 +127,7 @@ class IMADecoder(Decoder):
 
 class MobiusDecoder(Decoder):
     """Möbius transform (an inversion composed with a rotation and a scaling), a conformal map
-    of R^d, d ≥ 2, hence IMA class (THEORY C12): f(z) = α · O (z − a)/‖z − a‖², with the pole a at
+    of R^d, d ≥ 2, hence IMA class (docs/theory.md C12): f(z) = α · O (z − a)/‖z − a‖², with the pole a at
     distance ``pole_distance`` from the origin and α = pole_distance² so that |J| ≈ 1 near 0."""
 
     def __init__(self, d: int, seed: int = 0, pole_distance: float = 4.0, name: str = "mobius") -> None:

@@ -1,7 +1,7 @@
 """Monte Carlo and randomized quasi-Monte Carlo estimators, the stochastic counterparts of the
 deterministic Gauss–Hermite estimators in :mod:`numerics.posterior` and :mod:`numerics.elbo`.
 
-They exist to cross-check those (THEORY.md quantities, same conventions), and to show what a
+They exist to cross-check those (docs/theory.md quantities, same conventions), and to show what a
 sampling-based estimate costs at a given accuracy.  All estimators
 
 - work in float64 with a seeded ``torch.Generator`` (or a seeded numpy ``Generator`` for the
@@ -23,7 +23,7 @@ L_j (z = ẑ_j + L_j u, u ~ N(0, I), see :meth:`PosteriorModes.scale`) and mixtu
 delta-method standard error of log mean(w): std(w) / (mean(w) √N).
 
 ELBO (``elbo_mc``, ``elbo_qmc``).  With ε = γ⁻², t = s/ε and z = μ + √s ⊙ ξ, ξ ~ N(0, I)
-(THEORY.md, scaled form of numerics/elbo.py):
+(docs/theory.md, scaled form of numerics/elbo.py):
 
     ELBO_red = d/2 + ½ Σ_k log t_k + E_ξ[−γ²/2 ‖x − f(z)‖² + ℓ(z)],
 

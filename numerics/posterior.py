@@ -1,5 +1,5 @@
 """Posterior modes and the marginal likelihood log p_γ(x) by Laplace-centred, posterior-scaled
-tensor Gauss–Hermite quadrature (THEORY.md: log p_γ(x) = log ∫ p0(z) p_γ(x|z) dz).
+tensor Gauss–Hermite quadrature (docs/theory.md: log p_γ(x) = log ∫ p0(z) p_γ(x|z) dz).
 
 Conventions.  ε = γ⁻².  The *reduced* log-likelihood drops the divergent term:
 

@@ -10,11 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from .runtime import UserError, default_threads
+
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
-
-
-class UserError(Exception):
-    """Bad input: printed as one line, exit status 2."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -86,21 +84,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import report_markdown, run_verify
+    from .verify import check_report_dir, run_verify, write_report
 
     ids = args.claims.split(",") if args.claims else None
+    out = Path(args.out)
+    try:
+        check_report_dir(out)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     try:
         report, ctx = run_verify(ids, mode=args.mode, seed=args.seed, device=args.device, show_progress=not args.no_progress)
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
-    out = Path(args.out)
-    figures: list[str] = []
-    if not args.no_plots:
-        from .plots import make_figures
-
-        figures = make_figures(report, ctx, out)
-    write_atomic(out / "report.json", dumps_json(report))
-    write_atomic(out / "report.md", report_markdown(report, figures))
+    figures = write_report(report, ctx, out, plots=not args.no_plots, progress=not args.no_progress)
     s = report["summary"]
     for e in report["claims"]:
         nc = e["negative_controls"]
@@ -203,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ve = sub.add_parser(
         "verify",
-        help="check every claim of THEORY.md (C1-C16, N1-N2) and write a report",
-        description="Check the claims of THEORY.md with symbolic, numerical (error bars, fitted convergence orders) and "
+        help="check every claim of docs/theory.md (C1-C16, N1-N2) and write a report",
+        description="Check the claims of docs/theory.md with symbolic, numerical (error bars, fitted convergence orders) and "
         "property-based evidence; plant a fault for each claim and require that it is rejected. Writes report.md, "
         "report.json and figures (PNG and SVG) to --out. Exits 1 when a claim fails or a planted fault is accepted.",
     )
@@ -232,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     de.set_defaults(func=cmd_derive)
 
-    cl = sub.add_parser("claims", help="list the claims registry", description="List the claims of THEORY.md that gapcheck checks.")
+    cl = sub.add_parser("claims", help="list the claims registry", description="List the claims of docs/theory.md that gapcheck checks.")
     cl.add_argument("--json", action="store_true", help="print the registry as JSON")
     cl.add_argument("--markdown", action="store_true", help="print a Markdown claims table (docs/claims.md)")
     cl.add_argument("--report", metavar="JSON", help="with --markdown: take evidence and status from a verify report.json")
@@ -241,16 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _set_threads() -> None:
-    """One intra-op thread by default: the work is many tiny batched linear-algebra calls,
-    where a second thread only adds synchronization (10-25x slower on a loaded 2-core
-    machine, docs/performance.md).  GAPCHECK_THREADS=N overrides."""
+    """torch threads for the whole process (proofs_check.runtime.default_threads)."""
     import torch
 
-    try:
-        n = int(os.environ.get("GAPCHECK_THREADS", "1"))
-    except ValueError:
-        raise UserError("GAPCHECK_THREADS must be a positive integer") from None
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(default_threads())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,7 @@ class Context:
     # -- sizes ---------------------------------------------------------------------------
     @property
     def sweep_gamma2(self) -> list[float]:
-        """The asymptotic sweep: log-spaced γ² from 10 to 1e8 (THEORY: γ² up to 1e8 with full
+        """The asymptotic sweep: log-spaced γ² from 10 to 1e8 (docs/theory.md: γ² up to 1e8 with full
         accuracy); half-decades by default, whole decades in --quick, quarter-decades in --full."""
         step = {"quick": 1.0, "default": 0.5, "full": 0.25}[self.mode]
         return [float(10**e) for e in np.arange(1.0, 8.0 + 1e-9, step)]

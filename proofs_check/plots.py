@@ -162,7 +162,7 @@ def fig_orders(report: dict[str, Any], out: Path) -> list[str]:
     return paths
 
 
-def make_figures(report: dict[str, Any], ctx: Context, out: Path) -> list[str]:
+def make_figures(report: dict[str, Any], ctx: Context, out: Path, progress: bool = False) -> list[str]:
     """All figures; returns the PNG paths (SVGs are written beside them)."""
     paths = fig_gap(ctx, out) + fig_self_consistency(ctx, out) + fig_orders(report, out)
     return [p for p in paths if p.endswith(".png")]

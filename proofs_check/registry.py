@@ -1,4 +1,4 @@
-"""The claims registry: each claim of THEORY.md (C1–C16) and each negative control (N1, N2)
+"""The claims registry: each claim of docs/theory.md (C1–C16) and each negative control (N1, N2)
 is one small declarative :class:`Claim` record.  Adding a claim is adding one record.
 
 A check is a function ``check(ctx, fault) -> list[CheckResult]``.  With ``fault=None`` it
@@ -69,7 +69,7 @@ CheckFn = Callable[[Any, "str | None"], list[CheckResult]]
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of THEORY.md and how it is checked.
+    """A claim of docs/theory.md and how it is checked.
 
     ``faults`` name planted faults that the claim's check must reject (negative controls).
     ``quick`` says whether the claim runs in ``--quick`` mode (all claims run in default and

@@ -8,8 +8,12 @@ planted fault is rejected.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -87,8 +91,11 @@ def run_claim(claim: Claim, ctx: Context, progress=None) -> dict[str, Any]:
 
 def run_verify(ids: Sequence[str] | None = None, mode: str = "default", seed: int = 0, device: str = "auto",
                show_progress: bool = True) -> tuple[dict[str, Any], Context]:
+    """Check the selected claims (all by default) and their planted faults; returns the report
+    (a JSON-safe dict, docs/report.md) and the run context (its caches feed the figures)."""
     claims = select_claims(ids)
     ctx = Context(mode=mode, seed=seed, device=device)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     total = sum(1 + len(c.faults) for c in claims)
     bar = None
@@ -113,7 +120,7 @@ def run_verify(ids: Sequence[str] | None = None, mode: str = "default", seed: in
         "mode": mode,
         "seed": seed,
         "device": str(ctx.torch_device),
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": started,
         "seconds": time.perf_counter() - t0,
         "platform": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
         "sweep_gamma2": ctx.sweep_gamma2,
@@ -190,3 +197,62 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
                 err = f" — error: {c['error'].splitlines()[0]}" if c.get("error") else ""
                 L.append(f"- `{c['fault']}`: {what}{why}{err}")
     return "\n".join(L) + "\n"
+
+
+#: The files a report folder holds; a folder with anything else is never replaced.
+REPORT_FILES = ("report.md", "report.json")
+REPORT_SUFFIXES = (".png", ".svg")
+
+
+def check_report_dir(out: Path) -> None:
+    """Refuse, before any computation, an output folder that cannot take a report: a file, or a
+    folder holding anything but a previous report (so a report never replaces user files)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not (p.name in REPORT_FILES or p.suffix in REPORT_SUFFIXES))
+        if foreign:
+            raise ValueError(f"--out {out}: the folder holds files that are not a gapcheck report "
+                             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another folder")
+    parent = out.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {out}: cannot write into {parent}")
+
+
+def write_report(report: dict[str, Any], ctx: Context, out: Path, plots: bool = True, progress: bool = False) -> list[str]:
+    """Write report.json, report.md and (``plots``) the figures into ``out`` as a whole: all
+    files go to a temporary folder beside it, which then replaces ``out`` in one rename, so an
+    interrupted run leaves the old report or the new one, never a mix.  Returns the figure
+    paths (PNG; SVGs lie beside them)."""
+    out = Path(out)
+    check_report_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        figures: list[str] = []
+        if plots:
+            from .plots import make_figures
+
+            figures = make_figures(report, ctx, tmp, progress=progress)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(report_markdown(report, figures), encoding="utf-8")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [str(out / Path(f).name) for f in figures]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

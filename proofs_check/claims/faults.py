@@ -52,7 +52,7 @@ def perturb_mu(mus: np.ndarray, eps: np.ndarray, fault: str | None) -> np.ndarra
 
 
 def wrong_contrast(ctx: Context, name: str, kind: str) -> float:
-    """Planted wrong contrasts (THEORY N2): the paper code's batch-mean Jacobian contrast, or
+    """Planted wrong contrasts (docs/theory.md N2): the paper code's batch-mean Jacobian contrast, or
     c_IMA with the ½ missing in front of log det(JᵀJ)."""
     m = ctx.num(name)
     if kind == "batch_mean_contrast":

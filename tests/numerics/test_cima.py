@@ -1,4 +1,4 @@
-"""THEORY C3 (Hadamard) and C4 (invariances) for the IMA contrast, and the N2 negative control.
+"""docs/theory.md C3 (Hadamard) and C4 (invariances) for the IMA contrast, and the N2 negative control.
 
 c_IMA(J) = Σ_k log‖J_k‖ − ½ log det(JᵀJ), computed by numerics.jacobian.c_ima_from_jacobian
 via QR.  Tolerances: every test matrix has a bounded condition number κ(J); a backward-stable

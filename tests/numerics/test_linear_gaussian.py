@@ -1,4 +1,4 @@
-"""THEORY C5 (and C2): the linear-Gaussian model f(z) = A z, p0 = N(0, diag(v)).
+"""docs/theory.md C5 (and C2): the linear-Gaussian model f(z) = A z, p0 = N(0, diag(v)).
 
 Closed form (computed in mpmath at 50 digits, so it is exact to far below the tolerances):
 

@@ -1,5 +1,5 @@
 """numerics.models: priors normalize and sample correctly, decoders batch correctly, and the
-non-injective negative control N1 (THEORY.md): f(z) = (z1², z2) at z0 = (1, 0.5) has two
+non-injective negative control N1 (docs/theory.md): f(z) = (z1², z2) at z0 = (1, 0.5) has two
 posterior modes and its gap tends to c_IMA + log 2, not c_IMA.
 """
 
@@ -179,7 +179,7 @@ def test_model_dimension_mismatch():
 # ----------------------------------------------------------------------------------------
 
 N1_DECODERS = {
-    # THEORY N1: orthogonal Jacobian columns, c_IMA = 0, so the gap tends to log 2
+    # docs/theory.md N1: orthogonal Jacobian columns, c_IMA = 0, so the gap tends to log 2
     "square": lambda z: torch.stack([z[..., 0] ** 2, z[..., 1]], -1),
     # a sheared variant with c_IMA > 0 (still symmetric under z1 → −z1)
     "square_shear": lambda z: torch.stack([z[..., 0] ** 2, z[..., 1] + 0.3 * z[..., 0] ** 2], -1),

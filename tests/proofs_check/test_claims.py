@@ -1,4 +1,4 @@
-"""The THEORY.md claims under pytest (`pytest -m claims`): each claim passes and each of its
+"""The docs/theory.md claims under pytest (`pytest -m claims`): each claim passes and each of its
 planted faults is rejected, in --quick mode.  A project's CI can gate on these."""
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def format_table(ev) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from theory.spec import load_spec
 
-    from .evaluate import evaluate_spec
+    from .evaluation import evaluate_spec
 
     sym = load_spec(args.spec)
     if args.samples < 2:
@@ -84,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import check_report_dir, run_verify, write_report
+    from .verification import check_report_dir, run_verify, write_report
 
     ids = args.claims.split(",") if args.claims else None
     out = Path(args.out)
@@ -130,7 +130,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from .claims import all_claims
+    from .checks import all_claims
 
     claims = all_claims()
     if args.json:

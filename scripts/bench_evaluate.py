@@ -3,7 +3,7 @@
 
     python scripts/bench_evaluate.py [--spec examples/triangular.toml] [--repeats 5]
 
-Part 1 times :func:`proofs_check.evaluate.evaluate_spec` after every import, as
+Part 1 times :func:`proofs_check.evaluation.evaluate_spec` after every import, as
 `gapcheck evaluate SPEC` runs it, each configuration in a fresh Python process: the import
 time, the first ("cold") call — what one `gapcheck evaluate` invocation pays, including
 torch.func's one-time lazy initialization and, with predictions, the symbolic derivation —
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from numerics.posterior import log_joint  # noqa: E402
 from proofs_check.bridge import numeric_model, point_tensor  # noqa: E402
-from proofs_check.evaluate import evaluate_spec  # noqa: E402
+from proofs_check.evaluation import evaluate_spec  # noqa: E402
 from theory.spec import load_spec  # noqa: E402
 
 
@@ -49,7 +49,7 @@ _CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-from proofs_check.evaluate import evaluate_spec
+from proofs_check.evaluation import evaluate_spec
 from theory.spec import load_spec
 t_import = time.perf_counter() - t0
 spec, repeats, pred, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])

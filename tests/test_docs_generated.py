@@ -21,7 +21,7 @@ def test_derivations_md_is_generated() -> None:
 
 
 def test_claims_md_lists_every_claim() -> None:
-    from proofs_check.claims import all_claims
+    from proofs_check.checks import all_claims
 
     text = (ROOT / "docs" / "claims.md").read_text(encoding="utf-8")
     for c in all_claims():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from proofs_check.claims.asymptotic import check_c16
+from proofs_check.checks.asymptotic import check_c16
 from proofs_check.context import Context
 
 

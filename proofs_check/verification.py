@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from .claims import all_claims
+from .checks import all_claims
 from .context import Context
 from .properties import no_shrinking
 from .registry import CheckResult, Claim, _clean

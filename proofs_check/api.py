@@ -1,0 +1,175 @@
+"""The public Python API of gapcheck (also exported from ``proofs_check``).
+
+    import proofs_check as pc
+    spec = pc.load_spec("examples/triangular.toml")      # a path, TOML text, or a dict
+    ev = pc.evaluate(spec)                                # log p, ELBO*, gap, c_IMA (+ errors)
+    ev.to_dict(); ev.columns()                            # JSON document; dict of numpy arrays
+    d = pc.derive(spec)                                   # symbolic ε-expansions (sympy)
+    rep = pc.verify(["C11"], mode="quick")                # the claims, as `gapcheck verify`
+    pc.claims()                                           # the registry
+
+Every call runs with the CLI's defaults: one torch thread (``GAPCHECK_THREADS`` overrides),
+float64, device ``"auto"`` (CUDA when present).  The caller's torch thread setting is
+restored afterwards.  Bad input raises :class:`theory.spec.SpecError` (a ``ValueError``)
+with a message naming the problem.  docs/api.md documents every function and result type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from theory.spec import SpecError, SymbolicModel, loads_spec, model_from_dict
+from theory.spec import load_spec as _load_path
+
+from .evaluation import Evaluation, evaluate_spec
+from .registry import Claim
+from .runtime import torch_threads
+
+__all__ = [
+    "load_spec", "evaluate", "derive", "verify", "claims",
+    "Evaluation", "Derivation", "VerifyReport", "SpecError", "SymbolicModel", "Claim",
+]
+
+SpecLike = "str | Path | Mapping[str, Any] | SymbolicModel"
+
+
+def load_spec(spec: str | Path | Mapping[str, Any] | SymbolicModel, name: str | None = None) -> SymbolicModel:
+    """Parse a model spec (docs/spec.md) once, safely, into a symbolic model.
+
+    ``spec`` is a path to a TOML file, TOML text (recognized by containing a newline or an
+    ``=``), a dict with the same keys, or an already parsed :class:`SymbolicModel`."""
+    if isinstance(spec, SymbolicModel):
+        return spec
+    if isinstance(spec, Mapping):
+        return model_from_dict(spec, default_name=name or "model")
+    if isinstance(spec, Path) or (isinstance(spec, str) and "\n" not in spec and "=" not in spec):
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecError(f"{path}: no such spec file")
+        return _load_path(path)
+    if isinstance(spec, str):
+        return loads_spec(spec, name=name or "model")
+    raise SpecError(f"a spec is a path, TOML text, a dict or a SymbolicModel, not {type(spec).__name__}")
+
+
+def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: str = "auto", predictions: bool = True,
+             log_px_method: str = "gh", samples: int = 65536, seed: int = 0) -> Evaluation:
+    """log p_γ(x), ELBO*(x), the gap log p − ELBO* and c_IMA(f, z0) at x = f(z0) for every latent
+    point and γ² of the spec, each with its error estimate (`gapcheck evaluate`).
+
+    Returns an :class:`~proofs_check.evaluation.Evaluation`: ``.results`` (one
+    :class:`numerics.sweep.PointResult` per point and γ²), ``.to_dict()`` (the JSON of
+    docs/json.md), ``.columns()`` (a dict of numpy arrays)."""
+    sym = load_spec(spec)
+    if log_px_method not in ("gh", "is"):
+        raise SpecError(f"log_px_method must be 'gh' or 'is', got {log_px_method!r}")
+    if samples < 2:
+        raise SpecError("samples must be at least 2")
+    with torch_threads():
+        return evaluate_spec(sym, device=device, predictions=predictions, log_px_method=log_px_method,
+                             is_samples=samples, seed=seed)
+
+
+@dataclass
+class Derivation:
+    """The symbolic ε-expansion of a spec at one latent point (or at a symbolic z0).
+
+    ``coefficients`` (at a numeric point): c_IMA, a1 (gap = c_IMA + a1 ε + O(ε²)), μ1, s1, s2,
+    and the reduced log p / ELBO* to O(ε), as floats (``theory.expansions.Expansion.as_floats``);
+    ``expansion`` is the sympy object itself (``.latex()``, exact coefficients)."""
+
+    model: SymbolicModel
+    point: tuple[float, ...] | None
+    expansion: Any = None
+    coefficients: dict[str, Any] = field(default_factory=dict)
+
+    def text(self, latex: bool = False) -> str:
+        """The derivation as `gapcheck derive` prints it (plain text or Markdown + LaTeX)."""
+        from theory.report import derivation_text
+
+        return derivation_text(self.model, point=self.point, latex=latex)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.name, "point": None if self.point is None else list(self.point),
+                "coefficients": self.coefficients}
+
+
+def derive(spec: str | Path | Mapping[str, Any] | SymbolicModel) -> list[Derivation]:
+    """The symbolic expansions of `gapcheck derive`: one :class:`Derivation` per latent point
+    of the spec, or one at a symbolic z0 when the spec has no points."""
+    from theory.expansions import expand_at
+
+    sym = load_spec(spec)
+    if not sym.points:
+        return [Derivation(sym, None)]
+    out = []
+    for p in sym.points:
+        e = expand_at(sym, p)
+        out.append(Derivation(sym, tuple(float(v) for v in p), e, e.as_floats()))
+    return out
+
+
+@dataclass
+class VerifyReport:
+    """The result of :func:`verify`: ``passed``, the report dict (docs/report.md) as
+    ``to_dict()``, and ``columns()`` (one row per check: claim, check, evidence, passed,
+    error, tolerance)."""
+
+    report: dict[str, Any]
+    figures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+    @property
+    def claims(self) -> list[dict[str, Any]]:
+        return self.report["claims"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report
+
+    def columns(self) -> dict[str, np.ndarray]:
+        rows = [(e["id"], c) for e in self.report["claims"] for c in e["checks"]]
+
+        def num(v: Any) -> float:
+            return float(v) if isinstance(v, (int, float)) else float("nan")
+
+        return {
+            "claim": np.array([i for i, _ in rows], dtype=object),
+            "check": np.array([c["name"] for _, c in rows], dtype=object),
+            "evidence": np.array([c["evidence"] for _, c in rows], dtype=object),
+            "passed": np.array([bool(c["passed"]) for _, c in rows]),
+            "error": np.array([num(c["error"]) for _, c in rows]),
+            "tolerance": np.array([num(c["tolerance"]) for _, c in rows]),
+        }
+
+
+def verify(claim_ids: Sequence[str] | None = None, *, mode: str = "default", seed: int = 0, device: str = "auto",
+           out: str | Path | None = None, plots: bool = False, progress: bool = False) -> VerifyReport:
+    """Check claims (all by default) and their planted faults, as `gapcheck verify`.
+
+    ``mode``: "quick", "default" or "full".  With ``out`` the report folder (report.md,
+    report.json, figures if ``plots``) is written as `gapcheck verify --out` does."""
+    from .verification import check_report_dir, run_verify, write_report
+
+    if mode not in ("quick", "default", "full"):
+        raise SpecError(f"mode must be 'quick', 'default' or 'full', got {mode!r}")
+    if out is not None:
+        check_report_dir(Path(out))
+    with torch_threads():
+        report, ctx = run_verify(claim_ids, mode=mode, seed=seed, device=device, show_progress=progress)
+        figures = write_report(report, ctx, Path(out), plots=plots, progress=progress) if out is not None else []
+    return VerifyReport(report, figures)
+
+
+def claims() -> list[Claim]:
+    """The claims registry (C1–C17 and the negative controls N1, N2), in order; each record's
+    ``summary()`` is its JSON form."""
+    from .checks import all_claims
+
+    return all_claims()

@@ -17,10 +17,20 @@ from typing import Any, Callable, Literal
 Evidence = Literal["symbolic", "numerical", "convergence", "property"]
 
 
+Comparison = Literal["at_most", "at_least", "holds"]
+
+
 @dataclass
 class CheckResult:
-    """One measured check: ``passed`` iff ``error <= tolerance`` (or, for boolean checks,
-    the stated property holds).  ``tolerance_source`` says where the tolerance comes from."""
+    """One measured check.  ``comparison`` says how to read it:
+
+    - ``"at_most"``: ``error`` (a measured error) ≤ ``tolerance`` (with its ``tolerance_source``);
+    - ``"at_least"``: ``error`` holds a measured separation that must be ≥ ``tolerance`` (a
+      required minimum): e.g. "the two coefficients differ by more than 100× the fit precision";
+    - ``"holds"``: a stated property is true or false; no number.
+
+    ``details["estimates"]``, when present, lists the estimates the statement promises, each
+    ``{"name", "value", "error"}``; reports print them with their errors."""
 
     name: str
     evidence: Evidence
@@ -29,12 +39,14 @@ class CheckResult:
     tolerance: float | None = None
     tolerance_source: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    comparison: Comparison = "at_most"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "evidence": self.evidence,
             "passed": bool(self.passed),
+            "comparison": self.comparison,
             "error": _clean(self.error),
             "tolerance": _clean(self.tolerance),
             "tolerance_source": self.tolerance_source,
@@ -62,6 +74,12 @@ def within(name: str, evidence: Evidence, error: float, tolerance: float, source
     """A check that passes when a finite ``error`` is at most ``tolerance``."""
     ok = math.isfinite(error) and error <= tolerance
     return CheckResult(name, evidence, ok, float(error), float(tolerance), source, details)
+
+
+def at_least(name: str, evidence: Evidence, measured: float, minimum: float, source: str, **details: Any) -> CheckResult:
+    """A check that passes when a finite measured separation is at least ``minimum``."""
+    ok = math.isfinite(measured) and measured >= minimum
+    return CheckResult(name, evidence, ok, float(measured), float(minimum), source, details, "at_least")
 
 
 CheckFn = Callable[[Any, "str | None"], list[CheckResult]]

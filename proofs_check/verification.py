@@ -145,6 +145,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _measured_required(c: dict[str, Any]) -> tuple[str, str]:
+    """The 'measured' and 'required' cells of a check, by how it compares (registry.CheckResult)."""
+    kind = c.get("comparison", "at_most")
+    if kind == "holds":
+        return ("holds" if c["passed"] else "does not hold"), "holds"
+    if kind == "at_least":
+        return _fmt(c["error"]), f"≥ {_fmt(c['tolerance'])}"
+    return _fmt(c["error"]), f"≤ {_fmt(c['tolerance'])}"
+
+
 def _cell(v: Any) -> str:
     """A Markdown table cell: pipes escaped, newlines flattened."""
     return str(v).replace("|", "\\|").replace("\n", " ")
@@ -177,18 +187,26 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = ()) -> str:
                  f"Models (all in default and --full mode): {', '.join(e['models']) or '—'}.\n")
         if e.get("error"):
             L.append(f"```\n{e['error']}\n```\n")
-        L.append("| check | evidence | result | measured error | tolerance | tolerance from |")
+        L.append("| check | evidence | result | measured | required | required because |")
         L.append("|---|---|---|---|---|---|")
+        estimates = []
         for c in e["checks"]:
+            details = c["details"] if isinstance(c["details"], dict) else {}
             extra = ""
-            fit = c["details"].get("fit") if isinstance(c["details"], dict) else None
+            fit = details.get("fit")
             if isinstance(fit, dict) and fit.get("order") is not None:
                 extra = f" (observed order {_fmt(fit['order'])} ± {_fmt(fit['stderr'])})"
-            ce = c["details"].get("shrunk_counterexample") if isinstance(c["details"], dict) else None
+            ce = details.get("shrunk_counterexample")
             if ce:
                 extra += f" — shrunk counterexample: {ce}"
-            L.append(f"| {_cell(c['name'] + extra)} | {c['evidence']} | {'pass' if c['passed'] else '**FAIL**'} | {_fmt(c['error'])} | "
-                     f"{_fmt(c['tolerance'])} | {_cell(c['tolerance_source'] or '—')} |")
+            estimates += details.get("estimates") or []
+            measured, required = _measured_required(c)
+            L.append(f"| {_cell(c['name'] + extra)} | {c['evidence']} | {'pass' if c['passed'] else '**FAIL**'} | {measured} | "
+                     f"{required} | {_cell(c['tolerance_source'] or '—')} |")
+        if estimates:
+            L.append("\nEstimates (± their standard or stated errors):\n")
+            for est in estimates:
+                L.append(f"- {est['name']}: {est['value']:.6g} ± {est['error']:.2g}")
         if e["negative_controls"]:
             L.append("\nNegative controls (planted faults that must be rejected):\n")
             for c in e["negative_controls"]:

@@ -12,17 +12,21 @@ from numerics.elbo import elbo_star_fullcov
 from numerics.fits import poly_fit
 from numerics.jacobian import c_ima_batch_mean_jacobian, jacobian
 from numerics.posterior import find_modes
-from numerics.sweep import evaluate_points
+from numerics.sweep import PointResult, evaluate_points
 from theory.spec import SymbolicModel
 
 from ..bridge import numeric_model, point_tensor
 from ..context import Context
-from ..registry import CheckResult, claim, within
+from ..registry import at_least, claim, within
 from .evidence import (
+    A1_SOURCE,
+    FIT_PRECISION,
+    FIT_SOURCE,
     GAP_MODELS,
     Results,
     _f,
     _models,
+    a1_tolerance,
     boolean_check,
     gap_eps,
     gap_limit_property,
@@ -83,7 +87,7 @@ def _mu1_check(ctx: Context, name: str, fault: str | None) -> Results:
         worst = max(worst, abs(pf.coef[0] - mu1[k]) / max(abs(mu1[k]), 1e-3))
         tol = max(tol, 1e-4)
     return [within(f"{name}: Richardson μ1 vs symbolic μ1 (relative)", "numerical", worst, tol,
-                   "1e-4 relative (issue #3); |μ1| floored at 1e-3", fitted=fitted, symbolic=mu1.tolist())]
+                   f"{FIT_PRECISION:g} relative ({FIT_SOURCE}); |μ1| floored at 1e-3", fitted=fitted, symbolic=mu1.tolist())]
 
 
 @claim(
@@ -114,11 +118,11 @@ def check_c8(ctx: Context, fault: str | None) -> Results:
     fitted = _s2_fit(ctx, "triangular")
     pred = refined if fault == "refined_formula_curved" else s2
     rel = np.max(np.abs(fitted - pred) / np.maximum(np.abs(pred), 1e-3))
-    out.append(within("triangular (curved) model: Richardson s2 vs predicted s2", "numerical", rel, 1e-4, "1e-4 relative (issue #3)",
+    out.append(within("triangular (curved) model: Richardson s2 vs predicted s2", "numerical", rel, 1e-4, f"{FIT_PRECISION:g} relative ({FIT_SOURCE})",
                       fitted=fitted.tolist(), predicted=pred.tolist(), refined_formula=refined.tolist(), derived=s2.tolist()))
     sep = np.max(np.abs(s2 - refined) / np.maximum(np.abs(s2), 1e-3))
-    out.append(CheckResult("triangular (curved) model: the refined formula's ε² coefficient differs from s2 (> 100x the 1e-4 fit precision)",
-                           "numerical", bool(sep > 1e-2), float(sep), 1e-2, "100 x the Richardson fit precision 1e-4", {}))
+    out.append(at_least("triangular (curved) model: the refined formula's ε² coefficient differs from s2 (relative separation)",
+                        "numerical", float(sep), 1e-2, "at least 100 x the 1e-4 relative precision of the Richardson s2 fit"))
     return out
 
 
@@ -271,46 +275,86 @@ def check_c12(ctx: Context, fault: str | None) -> Results:
     statement="E_{z0∼p0}[log p_γ(f(z0)) − ELBO*(f(z0))] → C_IMA(f, p0), with a stated Monte Carlo error.",
     latex=r"\mathbb{E}_{z_0\sim p_0}\big[\log p_\gamma(f(z_0)) - \mathrm{ELBO}^*(f(z_0))\big] \to C_{\mathrm{IMA}}(f,p_0)",
     paper="global form of the main result; the gap figure averages over data",
-    assumptions="as C7, for p0-almost every z0",
+    assumptions="as C7, for p0-almost every z0; the prior average by randomized QMC (scrambled Sobol points through the "
+                "prior's quantile function), C_IMA by an independent plain Monte Carlo",
     models=("triangular",),
     faults=("batch_mean_contrast",),
 )
 def check_c13(ctx: Context, fault: str | None) -> Results:
+    """Two estimates and two checks.  (1) The prior-averaged gap E[gap] at γ² = 1e8 by RQMC
+    (R replicates × N scrambled Sobol points; error = standard error over replicates) against
+    C_IMA(f, p0) from an independent Monte Carlo (65536 plain prior samples, its standard
+    error): |difference| ≤ min(4 × combined standard error, cap) + the largest per-point
+    |gap − c_IMA| at 1e8 (the O(ε) bias).  The cap (5 % of C_IMA) is written in the record's
+    source: a larger standard error can never widen the tolerance past it.  (2) The paired mean
+    of gap − c_IMA over the same points → 0 at rate ε (observed order and Richardson limit on
+    the first replicate's points at γ² = 1e3 … 1e6 and 1e8)."""
     from numerics.jacobian import global_c_ima
 
     m = ctx.num("triangular")
-    N = ctx.n_samples(12, 48, 200)
-    gen = torch.Generator().manual_seed(ctx.seed + 13)
-    zs = m.prior.sample(N, gen, device=ctx.torch_device)
-    g2s = [1e4, 1e5, 1e6, 1e7, 1e8]
-    allres = evaluate_points(m, list(zs), g2s, search_modes=False)
-    res = [r for r in allres if r.gamma2 == 1e8]
-    gaps = np.array([r.gap.value for r in res])
-    mean_gap = float(gaps.mean())
-    se_gap = float(gaps.std(ddof=1) / math.sqrt(N))
-    glob = global_c_ima(m, num_samples=ctx.n_samples(4096, 16384, 65536), seed=ctx.seed + 1, device=ctx.torch_device)
-    C = glob.value
+    reps, per = {"quick": (8, 16), "default": (8, 32), "full": (16, 64)}[ctx.mode]
+    key = ("c13", ctx.mode, ctx.seed)
+    if key not in ctx.cache:
+        zs = _sobol_prior_points(m, reps, per, ctx.seed + 13, ctx.torch_device)
+        top = evaluate_points(m, list(zs), [1e8], search_modes=False)
+        first = evaluate_points(m, list(zs[:per]), [1e3, 1e4, 1e5, 1e6], search_modes=False)
+        glob = global_c_ima(m, num_samples=ctx.n_samples(16384, 65536, 262144), seed=ctx.seed + 1, device=ctx.torch_device)
+        ctx.cache[key] = (top, first, glob)
+    top, first, glob = ctx.cache[key]
+    gaps = np.array([r.gap.value for r in top]).reshape(reps, per)
+    devs = np.array([r.gap.value - r.c_ima for r in top]).reshape(reps, per)
+    rep_means = gaps.mean(1)
+    mean_gap, se_gap = float(rep_means.mean()), float(rep_means.std(ddof=1) / math.sqrt(reps))
+    C, C_se = glob.value, glob.error
     if fault == "batch_mean_contrast":
         z = m.prior.sample(4096, torch.Generator().manual_seed(ctx.seed + 2), device=ctx.torch_device)
         C = float(c_ima_batch_mean_jacobian(m.decoder, z))
-    bias = max(abs(r.gap.value - r.c_ima) for r in res)  # deterministic O(ε) part at γ² = 1e8, measured per point
-    sd = math.sqrt(se_gap**2 + glob.error**2)
-    # convergence of the prior-averaged gap (paired with the same points' c_IMA): order 1
+    bias = float(np.abs(devs).max())  # deterministic O(ε) part at γ² = 1e8, measured per point
+    cap = 0.05 * abs(glob.value)
+    sd = math.sqrt(se_gap**2 + C_se**2)
+    tol = min(4 * sd, cap) + bias
+    # paired deviation on the first replicate's points at γ² = 1e3 … 1e6 and 1e8
+    g2s = [1e3, 1e4, 1e5, 1e6, 1e8]
+    by_g = {g: [r for r in first if r.gamma2 == g] for g in g2s[:-1]}
+    by_g[1e8] = top[:per]
     eps = np.array([1 / g for g in g2s])
-    dev = np.array([np.mean([r.gap.value - r.c_ima for r in allres if r.gamma2 == g]) for g in g2s])
-    noise = np.array([np.mean([r.gap.error for r in allres if r.gamma2 == g]) for g in g2s])
+    dev = np.array([np.mean([r.gap.value - r.c_ima for r in by_g[g]]) for g in g2s])
+    noise = np.array([np.mean([r.gap.error for r in by_g[g]]) for g in g2s])
     if fault == "batch_mean_contrast":
-        dev = dev + np.mean([r.c_ima for r in res]) - C
-    conv = order_check("prior-averaged gap − C_IMA: observed order", eps, dev, noise, 1.0, snr=10.0)
-    return [conv,
-        within(f"triangular, logistic prior: mean gap over {N} prior samples at γ² = 1e8 vs independent MC estimate of C_IMA",
-               "numerical", abs(mean_gap - C), 4 * sd + bias,
-               "4 x combined Monte Carlo standard error + the largest per-point |gap − c_IMA| at γ² = 1e8",
-               mean_gap=mean_gap, se_gap=se_gap, C_IMA=C, C_IMA_se=glob.error),
-        within("per-point gap vs c_IMA at γ² = 1e8 (paired, no Monte Carlo error)", "numerical", bias,
-               1e-6 if fault != "batch_mean_contrast" else 0.0,
-               "|a1|·ε ≤ 1e-6 for |a1| ≤ 100 at ε = 1e-8", pointwise_max=bias),
-    ]
+        dev = dev + np.mean([r.c_ima for r in top]) - C
+    per_g = [{"gamma2": 1e8, "mean_gap": mean_gap, "mean_gap_se": se_gap, "C_IMA": C, "C_IMA_se": C_se,
+              "mean_gap_minus_c_ima": float(devs.mean()), "mean_gap_minus_c_ima_se": float(devs.mean(1).std(ddof=1) / math.sqrt(reps))}]
+    for g in g2s[:-1]:
+        gg = np.array([r.gap.value for r in by_g[g]])
+        per_g.append({"gamma2": g, "mean_gap": float(gg.mean()), "mean_gap_se": float(gg.std(ddof=1) / math.sqrt(per)),
+                      "C_IMA": C, "C_IMA_se": C_se, "mean_gap_minus_c_ima": float(dev[g2s.index(g)]),
+                      "mean_gap_minus_c_ima_se": float(np.std([r.gap.value - r.c_ima for r in by_g[g]], ddof=1) / math.sqrt(per))})
+    per_g.sort(key=lambda d: d["gamma2"])
+    estimates = [{"name": f"mean gap over {reps * per} prior points (RQMC, {reps} replicates), γ² = 1e8", "value": mean_gap, "error": se_gap},
+                 {"name": f"C_IMA(f, p0), independent Monte Carlo ({glob.diagnostics['num_samples']} samples)", "value": C, "error": C_se}]
+    estimates += [{"name": f"paired mean of gap − c_IMA over {per} points, γ² = {d['gamma2']:g}", "value": d["mean_gap_minus_c_ima"],
+                   "error": d["mean_gap_minus_c_ima_se"]} for d in per_g]
+    out = limit_checks("prior-averaged (paired) gap − c_IMA → 0", eps, dev, noise, 0.0)
+    out.append(within(f"triangular, logistic prior: mean gap over {reps * per} prior points at γ² = 1e8 vs independent C_IMA(f, p0)",
+                      "numerical", abs(mean_gap - C), tol,
+                      "min(4 x combined standard error of the two estimates, cap = 5 % of C_IMA) + the largest per-point "
+                      "|gap − c_IMA| at γ² = 1e8 (the O(ε) bias)",
+                      mean_gap=mean_gap, se_gap=se_gap, C_IMA=C, C_IMA_se=C_se, cap=cap, bias=bias,
+                      num_samples=reps * per, per_gamma2=per_g, estimates=estimates))
+    return out
+
+
+def _sobol_prior_points(m, reps: int, per: int, seed: int, device) -> torch.Tensor:
+    """``reps`` independent scramblings of ``per`` Sobol points mapped through the prior's
+    quantile function (randomized QMC); (reps·per, d), replicate-major."""
+    from scipy.stats import qmc
+
+    out = []
+    for child in np.random.SeedSequence(seed).spawn(reps):
+        u = qmc.Sobol(m.d, scramble=True, rng=np.random.default_rng(child)).random_base2(int(math.log2(per)))
+        u = torch.as_tensor(np.clip(u, 2.0**-60, 1 - 2.0**-53), dtype=torch.float64, device=device)
+        out.append(torch.stack([f.icdf(u[:, k]) for k, f in enumerate(m.prior.factors)], -1))
+    return torch.cat(out)
 
 
 @claim(
@@ -354,12 +398,66 @@ def _rotated(sym: SymbolicModel, R: sp.Matrix) -> SymbolicModel:
     return SymbolicModel(sym.name + "_rotated", sym.latents, dec, sym.priors, sym.gamma2, pts)
 
 
+ROTATION_345 = sp.Matrix([[sp.Rational(3, 5), -sp.Rational(4, 5)], [sp.Rational(4, 5), sp.Rational(3, 5)]])
+
+
+def darmois_pair(sym_ima: SymbolicModel) -> tuple[SymbolicModel, SymbolicModel, sp.Matrix]:
+    """A linear IMA-class decoder f(z) = O D z (O the 3-4-5 rotation, D = diag(2, 1)) and its
+    Darmois counterpart under the standard Gaussian prior.
+
+    The data x = O D z, z ~ N(0, I), are N(0, Σ) with Σ = O D² Oᵀ.  The Darmois construction
+    maps x to independent latents through the conditional CDFs F(x1), F(x2 | x1); composed with
+    the Gaussian quantile function (so its latents are standard Gaussian), for Gaussian data it
+    is the whitening by the lower-triangular Cholesky factor L (LLᵀ = Σ): the Darmois decoder is
+    f_D(z) = L z.  Both generate N(0, Σ + γ⁻²I) for every γ (equal likelihood), but f_D's
+    columns are not orthogonal: c_IMA(L) > 0 = c_IMA(O D).  Returns (f, f_D, Σ)."""
+    O = ROTATION_345
+    D = sp.diag(2, 1)
+    A = O * D
+    Sigma = A * A.T
+    L = Sigma.cholesky(hermitian=False)
+    z = sp.Matrix(sym_ima.latents)
+    gauss = sym_ima.priors[:2]
+    z0 = sp.Matrix([sp.Rational(3, 10), -sp.Rational(1, 2)])
+    zD = L.inv() * (A * z0)
+    f = SymbolicModel("linear_ima", sym_ima.latents, A * z, gauss, sym_ima.gamma2, (tuple(z0),))
+    fD = SymbolicModel("linear_darmois", sym_ima.latents, L * z, gauss, sym_ima.gamma2, (tuple(sp.simplify(v) for v in zD),))
+    return f, fD, Sigma
+
+
+def _sweep_of(ctx: Context, sym: SymbolicModel) -> list[PointResult]:
+    key = ("sweep_sym", sym.name, tuple(ctx.sweep_gamma2))
+    if key not in ctx.cache:
+        ctx.cache[key] = evaluate_points(numeric_model(sym), [point_tensor(sym.points[0], ctx.torch_device)], ctx.sweep_gamma2)
+    return ctx.cache[key]
+
+
+def _spurious_checks(label: str, res_f: list[PointResult], res_s: list[PointResult], pred: float) -> Results:
+    """Same x; log p identical at every γ² (to the error estimates); ELBO*(f) − ELBO*(f_s) →
+    ``pred`` at rate ε."""
+    dx = max(abs(a - b) for a, b in zip(res_f[0].x, res_s[0].x))
+    dlp = max(abs(a.log_px.value - b.log_px.value) - (a.log_px.error + b.log_px.error) for a, b in zip(res_f, res_s))
+    out = [within(f"{label}: log p identical for every γ² (|difference| minus error estimates)", "numerical", max(dlp, 0.0), 0.0,
+                  "the reported quadrature error estimates", same_x=dx),
+           within(f"{label}: the two latents map to the same x", "numerical", dx, 1e-14, "float64 evaluation of f (|x| ≤ 3)")]
+    eps = np.array([r.eps for r in res_f])
+    diff = np.array([a.elbo_star.value - b.elbo_star.value for a, b in zip(res_f, res_s)])
+    errs = np.array([a.elbo_star.error + b.elbo_star.error for a, b in zip(res_f, res_s)])
+    out.extend(limit_checks(f"{label}: ELBO*(f) − ELBO*(spurious) → c_IMA(spurious) − c_IMA(f)", eps, diff, errs, pred))
+    return out
+
+
 @claim(
     id="C15", title="Spurious solutions", kind="asymptotic",
-    statement="ML cannot tell f from f∘R (R orthogonal, standard Gaussian prior): p_γ(x) is identical for every γ; ELBO* can: its difference tends to the difference of c_IMA, > 0 when f is IMA-class and f∘R is not.",
-    latex=r"\log p^{f}_\gamma = \log p^{f\circ R}_\gamma;\quad \mathrm{ELBO}^{*}_{f} - \mathrm{ELBO}^{*}_{f\circ R} \to c_{\mathrm{IMA}}(f\circ R) - c_{\mathrm{IMA}}(f) > 0",
+    statement="ML cannot tell f from f∘R (R orthogonal, standard Gaussian prior) nor from its Darmois construction: p_γ(x) "
+              "is identical; ELBO* can: its difference tends to the difference of c_IMA, > 0 when f is IMA-class and the "
+              "spurious decoder is not.",
+    latex=r"\log p^{f}_\gamma = \log p^{f_s}_\gamma;\quad \mathrm{ELBO}^{*}_{f} - \mathrm{ELBO}^{*}_{f_s} \to c_{\mathrm{IMA}}(f_s) - c_{\mathrm{IMA}}(f) > 0,\ f_s \in \{f\circ R,\ f_{\mathrm{Darmois}}\}",
     paper="discussion of spurious solutions (rotations, Darmois construction)",
-    assumptions="standard Gaussian prior, R orthogonal (here a 3-4-5 rotation); the Darmois construction is not checked",
+    assumptions="standard Gaussian prior. Rotation: the built-in IMA-class decoder O·h and R the 3-4-5 rotation. Darmois: "
+                "the linear IMA-class decoder O·D (D = diag(2, 1)), whose Gaussian data make the Darmois construction the "
+                "Cholesky whitening (f_D = L z, LLᵀ = O D² Oᵀ; equal likelihood at every γ²). A Darmois construction for "
+                "a nonlinear decoder (conditional CDFs with no closed form) is not checked",
     models=("ima",),
     faults=("ml_cannot_tell",),
 )
@@ -367,34 +465,27 @@ def check_c15(ctx: Context, fault: str | None) -> Results:
     from theory.exact import c_ima_expr
 
     out: Results = []
+    # (1) rotations: f∘R
     sym = ctx.sym("ima")
-    R = sp.Matrix([[sp.Rational(3, 5), -sp.Rational(4, 5)], [sp.Rational(4, 5), sp.Rational(3, 5)]])
-    rot = _rotated(sym, R)
-    key = ("num", "ima_rotated")
-    if key not in ctx.cache:
-        ctx.cache[key] = numeric_model(rot)
-    mr = ctx.cache[key]
-    res_f = ctx.sweep("ima")
-    zr = point_tensor(rot.points[0], ctx.torch_device)
-    skey = ("sweep", "ima_rotated", tuple(ctx.sweep_gamma2))
-    if skey not in ctx.cache:
-        ctx.cache[skey] = evaluate_points(mr, [zr], ctx.sweep_gamma2)
-    res_r = ctx.cache[skey]
-    dx = max(abs(a - b) for a, b in zip(res_f[0].x, res_r[0].x))
-    dlp = max(abs(a.log_px.value - b.log_px.value) - (a.log_px.error + b.log_px.error) for a, b in zip(res_f, res_r))
-    out.append(within("ima vs ima∘R at the same x: log p identical for every γ² (|difference| minus error estimates)", "numerical",
-                      max(dlp, 0.0), 0.0, "the reported quadrature error estimates", same_x=dx))
-    out.append(within("ima vs ima∘R: the two latents map to the same x", "numerical", dx, 1e-14, "float64 evaluation of f"))
-    eps = np.array([1 / r.gamma2 for r in res_f])
-    diff = np.array([a.elbo_star.value - b.elbo_star.value for a, b in zip(res_f, res_r)])
-    errs = np.array([a.elbo_star.error + b.elbo_star.error for a, b in zip(res_f, res_r)])
-    c_f = res_f[0].c_ima
-    c_r = res_r[0].c_ima
-    pred = 0.0 if fault == "ml_cannot_tell" else c_r - c_f
-    out.extend(limit_checks("ELBO*(f) − ELBO*(f∘R) → c_IMA(f∘R) − c_IMA(f)", eps, diff, errs, pred))
+    rot = _rotated(sym, ROTATION_345)
+    res_f, res_r = ctx.sweep("ima"), _sweep_of(ctx, rot)
+    c_r = res_r[0].c_ima - res_f[0].c_ima
+    out.extend(_spurious_checks("ima vs ima∘R", res_f, res_r, 0.0 if fault == "ml_cannot_tell" else c_r))
     Jr = rot.jacobian().subs(dict(zip(rot.latents, rot.points[0])))
     val = sp.N(c_ima_expr(Jr), 30)
-    out.append(CheckResult("symbolic c_IMA(f∘R, R⁻¹z0) > 0 while f is IMA-class", "symbolic", bool(val > 0), float(val), 0.0, "exact (30 digits)", {}))
+    out.append(at_least("symbolic c_IMA(f∘R, R⁻¹z0) > 0 while f is IMA-class", "symbolic", float(val), 0.0, "exact (30 digits)"))
+    # (2) the Darmois construction of a linear IMA-class decoder
+    f, fD, Sigma = darmois_pair(sym)
+    zs = sp.Matrix(f.latents)
+    same_law = sp.simplify(fD.decoder.jacobian(zs) * fD.decoder.jacobian(zs).T - Sigma) == sp.zeros(2, 2)
+    out.append(boolean_check("Darmois: L Lᵀ = O D² Oᵀ exactly, so f_D pushes N(0, I) to the law of the data", "symbolic", same_law))
+    lower = fD.decoder.jacobian(zs)[0, 1] == 0
+    out.append(boolean_check("Darmois: f_D is triangular (x1 depends on z1 only), as the construction requires", "symbolic", lower))
+    cD = c_ima_expr(fD.decoder.jacobian(zs))
+    out.append(at_least("symbolic c_IMA(f_D) > 0 = c_IMA(O·D)", "symbolic", float(sp.N(cD, 30)), 0.0, "exact (30 digits)",
+                        c_ima_darmois=str(sp.nsimplify(cD))))
+    res_a, res_d = _sweep_of(ctx, f), _sweep_of(ctx, fD)
+    out.extend(_spurious_checks("O·D vs its Darmois construction", res_a, res_d, 0.0 if fault == "ml_cannot_tell" else float(sp.N(cD, 30))))
     return out
 
 
@@ -420,15 +511,14 @@ def check_c16(ctx: Context, fault: str | None) -> Results:
         eps, gap, err = gap_eps(res)
         c = _f(exp.c_ima)
         pf = poly_fit(eps, (gap - c) / eps, err / eps, 2)
-        tol = max(1e-6 * abs(a1), 5 * float(pf.stderr[0]), 1e-9)
-        out.append(within(f"{name}: Richardson a1 vs symbolic a1", "numerical", abs(float(pf.coef[0]) - a1), tol,
-                          "1e-6 relative (issue #3), or 5 standard errors of the Richardson intercept if larger",
+        out.append(within(f"{name}: Richardson a1 vs symbolic a1", "numerical", abs(float(pf.coef[0]) - a1),
+                          a1_tolerance(a1, float(pf.stderr[0])), A1_SOURCE,
                           fitted=float(pf.coef[0]), symbolic=a1))
         out.extend(_mu1_check(ctx, name, None))
         s2 = np.array([_f(v) for v in exp.s2])
         fitted = _s2_fit(ctx, name)
         rel = float(np.max(np.abs(fitted - s2) / np.maximum(np.abs(s2), 1e-3)))
-        out.append(within(f"{name}: Richardson s2 vs symbolic s2 (relative)", "numerical", rel, 1e-4, "1e-4 relative (issue #3)",
+        out.append(within(f"{name}: Richardson s2 vs symbolic s2 (relative)", "numerical", rel, 1e-4, f"{FIT_PRECISION:g} relative ({FIT_SOURCE})",
                           fitted=fitted.tolist(), symbolic=s2.tolist()))
         J = jac_at(ctx, name).cpu().numpy()
         s1 = np.array([_f(v) for v in exp.s1])

@@ -32,7 +32,7 @@ def check_n1(ctx: Context, fault: str | None) -> Results:
     modes = [r.n_modes for r in res if r.gamma2 >= 1e2]
     out.append(CheckResult("noninjective: the second posterior mode is detected and flagged (γ² ≥ 100)", "numerical",
                            all(k == 2 for k in modes) and all("multimodal" in r.flags for r in res if r.gamma2 >= 1e2),
-                           None, None, "", {"n_modes": modes}))
+                           None, None, "", {"n_modes": modes}, "holds"))
     out.extend(check_c11_like_rejects(ctx, "noninjective", res, c))
     sym = ctx.sym("noninjective")
     ell = sym.log_prior()
@@ -47,7 +47,7 @@ def check_c11_like_rejects(ctx: Context, name: str, res: list[PointResult], c: f
     eps, gap, err = gap_eps(res)
     inner = limit_checks("inner", eps, gap, err, c)
     rejected = not all(r.passed for r in inner)
-    return [CheckResult(f"{name}: the gap-theorem check (gap → c_IMA) rejects this decoder", "numerical", rejected, None, None, "", {})]
+    return [CheckResult(f"{name}: the gap-theorem check (gap → c_IMA) rejects this decoder", "numerical", rejected, None, None, "", {}, "holds")]
 
 
 @claim(
@@ -67,7 +67,7 @@ def check_n2(ctx: Context, fault: str | None) -> Results:
         wrong = res[0].c_ima if fault == "wrong_is_right" else wrong_contrast(ctx, name, kind)
         inner = limit_checks("inner", eps, gap, err, wrong)
         out.append(CheckResult(f"{name}: the gap-limit check rejects the {kind.replace('_', ' ')} ({wrong:.6g} vs c_IMA {res[0].c_ima:.6g})",
-                               "numerical", not all(r.passed for r in inner), None, None, "", {"wrong_contrast": wrong}))
+                               "numerical", not all(r.passed for r in inner), None, None, "", {"wrong_contrast": wrong}, "holds"))
     from hypothesis import strategies as st
 
     def pred(ex):

@@ -100,8 +100,25 @@ def symbolic_equal(name: str, a: sp.Expr, b: sp.Expr, digits: int = 30) -> Check
 
 
 def boolean_check(name: str, evidence, ok: bool, **details) -> CheckResult:
-    return CheckResult(name, evidence, bool(ok), None, None, "sympy proof (simplify to zero)" if evidence == "symbolic" else "", details)
+    return CheckResult(name, evidence, bool(ok), None, None, "sympy proof (simplify to zero)" if evidence == "symbolic" else "", details,
+                       "holds")
 
+
+
+#: Relative precision of a degree-2 Richardson fit of an ε or ε² coefficient over γ² ∈ [1e3, 1e6].
+FIT_PRECISION = 1e-4
+FIT_SOURCE = ("the stated precision of a degree-2 Richardson fit over γ² ∈ [1e3, 1e6]: float64 noise ≤ 1e-13 in the "
+              "values, divided by ε ≥ 1e-6 (ε² ≥ 1e-12 for s2), and the O(ε²) truncation")
+A1_SOURCE = ("1e-6 relative (the stated precision of the Richardson fit of (gap − c_IMA)/ε over γ² ∈ [1e3, 1e6]), "
+             "tightened to 5 standard errors of the fitted intercept if smaller than the cap of 1e-5 × max(|a1|, 1e-2); "
+             "never wider than that cap")
+
+
+def a1_tolerance(a1: float, stderr: float) -> float:
+    """Tolerance on a first-order coefficient a1 fitted from the numerics: max(1e-6|a1|,
+    5 standard errors), never more than the cap 1e-5 · max(|a1|, 1e-2) (so an inflated error
+    estimate of the quantity under test cannot widen it past the cap)."""
+    return min(max(1e-6 * abs(a1), 5 * stderr, 1e-9), 1e-5 * max(abs(a1), 1e-2))
 
 
 def order_tolerance(fit: OrderFit) -> float:

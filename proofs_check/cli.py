@@ -15,14 +15,40 @@ from .runtime import UserError, default_threads
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
+def check_output_file(path: Path, inputs: Sequence[Path] = (), option: str = "--json") -> None:
+    """Refuse, before any computation, an output file that cannot be written or would destroy
+    an input: a folder, a special file (/dev, /proc, /sys), an unwritable folder, or an input
+    file itself (e.g. ``--json spec.toml``)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"{option} {path}: exists and is not a regular file")
+    for src in inputs:
+        if path.exists() and Path(src).exists() and os.path.samefile(path, src):
+            raise UserError(f"{option} {path}: that is the input spec; refusing to overwrite it")
+    parent = path.resolve().parent
+    for special in ("/proc", "/sys", "/dev"):
+        if str(parent) == special or str(parent).startswith(special + "/"):
+            raise UserError(f"{option} {path}: cannot write a report into {special}")
+    if parent.exists() and not (parent.is_dir() and os.access(parent, os.W_OK)):
+        raise UserError(f"{option} {path}: cannot write into {parent}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: never a half-written file."""
+    """Write ``text`` to ``path`` via a temporary file and rename: never a half-written file.
+    The file gets the permissions of an ordinary new file (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -66,6 +92,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation import evaluate_spec
 
+    if args.json and str(args.json) != "-":
+        check_output_file(Path(args.json), [args.spec])
     sym = load_spec(args.spec)
     if args.samples < 2:
         raise UserError("--samples must be at least 2")
@@ -117,6 +145,8 @@ def cmd_derive(args: argparse.Namespace) -> int:
     from theory.report import derivation_text
     from theory.spec import load_spec
 
+    if args.out:
+        check_output_file(Path(args.out), [args.spec], option="--out")
     sym = load_spec(args.spec)
     points = list(sym.points) or [None]
     chunks = [derivation_text(sym, point=p, latex=args.latex) for p in points]
@@ -266,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gapcheck: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `gapcheck claims | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # never a raw traceback for a user; GAPCHECK_DEBUG=1 shows it
         if os.environ.get("GAPCHECK_DEBUG"):
             raise

@@ -8,14 +8,31 @@ recorded in the report.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
+import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterator
 
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 
-from .registry import CheckResult
+def _private_hypothesis_storage() -> None:
+    """hypothesis keeps files (constants, examples) in ``./.hypothesis`` by default; a user's
+    `gapcheck verify` must not leave that folder in their working directory.  Unless the user
+    chose a folder (HYPOTHESIS_STORAGE_DIRECTORY), use a temporary one removed at exit."""
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        tmp = tempfile.mkdtemp(prefix="gapcheck-hypothesis-")
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = tmp
+        atexit.register(shutil.rmtree, tmp, True)
+
+
+_private_hypothesis_storage()
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from .registry import CheckResult  # noqa: E402
 
 
 class PropertyFailure(AssertionError):

@@ -256,6 +256,8 @@ def write_report(report: dict[str, Any], ctx: Context, out: Path, plots: bool = 
             figures = make_figures(report, ctx, tmp, progress=progress)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(report_markdown(report, figures), encoding="utf-8")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))

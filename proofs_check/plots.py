@@ -172,20 +172,37 @@ def planned_figures(report: dict[str, Any]) -> list[str]:
 
 def c13_prior_average(report: dict[str, Any]) -> dict[str, Any] | None:
     """C13's own Monte Carlo estimate, from the details of its check that holds
-    ``per_gamma2`` (rows {gamma2, mean_gap, mean_gap_se, C_IMA, C_IMA_se}) and
-    ``num_samples``; None when C13 was not run or reports no such estimate."""
+    ``per_gamma2``: rows {gamma2, mean_gap, mean_gap_se, C_IMA, C_IMA_se}, optionally
+    mean_gap_minus_c_ima(_se) (the paired mean of gap − c_IMA) and a per-row num_samples;
+    the check's ``num_samples`` otherwise.  Returns arrays sorted by γ² (missing entries nan)
+    and ``n`` (sample count per row, None where unknown); None when C13 was not run or
+    reports no such estimate."""
     for e in report.get("claims", []):
         if e.get("id") != "C13":
             continue
         for c in e.get("checks", []):
             d = c.get("details")
             if isinstance(d, dict) and isinstance(d.get("per_gamma2"), list) and d["per_gamma2"]:
-                rows = sorted(d["per_gamma2"], key=lambda r: _num(r.get("gamma2")))
-                keys = ("gamma2", "mean_gap", "mean_gap_se", "C_IMA", "C_IMA_se")
-                arr = {k: np.array([_num(r.get(k)) for r in rows]) for k in keys}
-                n = d.get("num_samples")
-                return {**arr, "num_samples": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None}
+                rows = sorted((r for r in d["per_gamma2"] if isinstance(r, dict)), key=lambda r: _num(r.get("gamma2")))
+                keys = ("gamma2", "mean_gap", "mean_gap_se", "C_IMA", "C_IMA_se", "mean_gap_minus_c_ima", "mean_gap_minus_c_ima_se")
+                arr: dict[str, Any] = {k: np.array([_num(r.get(k)) for r in rows]) for k in keys}
+                arr["n"] = [_count(r.get("num_samples", d.get("num_samples"))) for r in rows]
+                return arr
     return None
+
+
+def _count(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _samples_text(ns: list[int | None]) -> str:
+    """'over 256 prior points', or the range when the rows used different counts."""
+    known = sorted({n for n in ns if n is not None})
+    if not known:
+        return "over prior points (count not reported)"
+    if len(known) == 1 and None not in ns:
+        return f"over {known[0]} prior points"
+    return f"over {known[0]}–{known[-1]} prior points (count beside each point)"
 
 
 @dataclass
@@ -232,8 +249,9 @@ def gap_figure(report: dict[str, Any], ctx: Context, progress: Progress | None =
     plt = _mpl()
     avg = c13_prior_average(report)
     which = ", ".join(c for c in GAP_CLAIMS if c in claim_ids(report))
+    paired = avg is not None and bool(np.isfinite(avg["mean_gap_minus_c_ima"]).any())
     fig, axes, legs = _panel_grid(plt, f"The gap theorem ({which}): log p − ELBO* → c_IMA, and L_IMA − ELBO* → 0 at rate γ⁻²",
-                                  2, 3.4, [5 if avg is not None else 3, 3], panel_w=4.9, title_lines=2)
+                                  2, 3.4, [5 if avg is not None else 3, 4 if paired else 3], panel_w=4.9, title_lines=2)
     for col, (name, title) in enumerate(GAP_PANELS):
         progress.start(f"gap: {name}")
         res = ctx.sweep(name)
@@ -253,15 +271,17 @@ def gap_figure(report: dict[str, Any], ctx: Context, progress: Progress | None =
         ax.errorbar(lg, dev, yerr=err, fmt="s--", ms=7, mfc="none", color="tab:orange", zorder=4,
                     label=r"$L_{\mathrm{IMA}}(x) - \mathrm{ELBO}^*(x)$ at $z_0$")
         if name == "triangular" and avg is not None:
-            n = avg["num_samples"]
-            count = f"{n} prior samples" if n is not None else "prior samples (count not reported)"
             C, Cse = float(avg["C_IMA"][-1]), float(avg["C_IMA_se"][-1])
             ax.axhspan(C - Cse, C + Cse, color="tab:green", alpha=0.35, lw=0, zorder=0)
             ax.axhline(C, color="tab:green", ls=":", lw=1.2, zorder=1,
                        label=rf"C13: $C_{{\mathrm{{IMA}}}}(f, p_0) = {C:.3f} \pm {Cse:.3f}$ (band: $\pm$ s.e.)")
-            ax.errorbar(np.log10(avg["gamma2"]), avg["mean_gap"], yerr=avg["mean_gap_se"], fmt="D", ms=4, capsize=3,
-                        color="tab:green", zorder=5,
-                        label=rf"C13: prior average of log p $-$ ELBO* over {count} ($\pm$ s.e.)")
+            lga = np.log10(avg["gamma2"])
+            ax.errorbar(lga, avg["mean_gap"], yerr=avg["mean_gap_se"], fmt="D", ms=4, capsize=3, color="tab:green", zorder=5,
+                        label=rf"C13: prior average of log p $-$ ELBO* {_samples_text(avg['n'])} ($\pm$ s.e.)")
+            if len(set(avg["n"])) > 1:
+                for xi, yi, ni in zip(lga, avg["mean_gap"], avg["n"]):
+                    ax.annotate(f"n={ni if ni is not None else '?'}", (xi, yi), xytext=(5, 0), textcoords="offset points",
+                                fontsize=6, color="tab:green", va="center")
         note = ";  c_IMA = 0: the two curves coincide" if c == 0.0 else ""
         ax.set_title(f"{title}\nz0 = ({z0}){note}")
         ax.set_xlabel(r"$\log_{10}\gamma^2$")
@@ -272,6 +292,11 @@ def gap_figure(report: dict[str, Any], ctx: Context, progress: Progress | None =
         ad = _positive(np.abs(dev))
         ax2.loglog(g, ad, "o-", ms=4, color="tab:orange", zorder=3, label=r"$|L_{\mathrm{IMA}} - \mathrm{ELBO}^*|$ at $z_0$")
         ax2.loglog(g, _positive(err), ":", color="0.35", lw=1.2, zorder=2, label="numerical error estimate of the gap")
+        if name == "triangular" and avg is not None and np.isfinite(avg["mean_gap_minus_c_ima"]).any():
+            pd, pse = np.abs(avg["mean_gap_minus_c_ima"]), avg["mean_gap_minus_c_ima_se"]
+            ax2.errorbar(avg["gamma2"], _positive(pd), yerr=np.where(np.isfinite(pse), pse, 0.0), fmt="D", ms=4, capsize=3,
+                         color="tab:green", zorder=5,
+                         label=rf"C13: prior average of $|$gap $-$ $c_{{\mathrm{{IMA}}}}|$ (paired) {_samples_text(avg['n'])} ($\pm$ s.e.)")
         _slope_guide(ax2, g, ad, err)
         ax2.set_title(r"rate: $|L_{\mathrm{IMA}} - \mathrm{ELBO}^*| = O(\gamma^{-2})$" + f" ({name})")
         ax2.set_xlabel(r"$\gamma^2$ (decoder precision)")

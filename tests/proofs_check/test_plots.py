@@ -15,7 +15,7 @@ import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
 from proofs_check import plots
-from proofs_check.verify import run_verify
+from proofs_check.verification import run_verify
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +75,26 @@ def test_orders_figure_draws_pass_bands_and_marks_failures(c11) -> None:
 def test_prior_average_only_from_c13_estimate(c11) -> None:
     report, ctx = c11
     assert plots.c13_prior_average(report) is None  # C13 not run: nothing to draw
-    per = [{"gamma2": g, "mean_gap": 0.5 + 0.01 * i, "mean_gap_se": 0.04, "C_IMA": 0.39, "C_IMA_se": 0.003}
-           for i, g in enumerate([1e4, 1e6, 1e8])]
+    # drawing input in the shape C13 reports it (values arbitrary: the figure must show exactly these)
+    per = [{"gamma2": g, "mean_gap": 0.5 + 0.01 * i, "mean_gap_se": 0.04, "C_IMA": 0.39, "C_IMA_se": 0.003,
+            "mean_gap_minus_c_ima": 10.0 / g, "mean_gap_minus_c_ima_se": 1.0 / g, "num_samples": n}
+           for i, (g, n) in enumerate([(1e4, 32), (1e6, 32), (1e8, 256)])]
     rep = _with_claim(report, {"id": "C13", "checks": [
         {"name": "order", "passed": True, "details": {}},
-        {"name": "mean gap vs C_IMA", "passed": True, "details": {"per_gamma2": per, "num_samples": 12}}]})
+        {"name": "mean gap vs C_IMA", "passed": True, "details": {"per_gamma2": per, "num_samples": 256}}]})
     fig = plots.gap_figure(rep, ctx)
-    ax = fig.axes[0]
-    avg = [c for c in ax.containers if isinstance(c, ErrorbarContainer) and "prior average" in (c.get_label() or "")]
-    assert len(avg) == 1 and "12 prior samples" in avg[0].get_label()
+    top, bottom = fig.axes[0], fig.axes[4]  # triangular column (each panel is followed by its legend axes)
+    avg = [c for c in top.containers if isinstance(c, ErrorbarContainer) and "prior average" in (c.get_label() or "")]
+    assert len(avg) == 1 and "32–256 prior points" in avg[0].get_label()
     np.testing.assert_array_equal(avg[0].lines[0].get_ydata(), [r["mean_gap"] for r in per])
     np.testing.assert_array_equal(avg[0].lines[0].get_xdata(), [4.0, 6.0, 8.0])
-    assert any("0.390" in (ln.get_label() or "") for ln in ax.lines)  # the C_IMA line of C13
-    # the IMA-class panel never gets a prior average
-    assert not any("prior average" in (c.get_label() or "") for a in fig.axes[1:] for c in a.containers)
+    assert [t.get_text() for t in top.texts] == ["n=32", "n=32", "n=256"]  # the counts differ: written per point
+    assert any("0.390" in (ln.get_label() or "") for ln in top.lines)  # the C_IMA line of C13
+    paired = [c for c in bottom.containers if isinstance(c, ErrorbarContainer)]
+    assert len(paired) == 1
+    np.testing.assert_allclose(paired[0].lines[0].get_ydata(), [r["mean_gap_minus_c_ima"] for r in per])
+    # the IMA-class column never gets a prior average
+    assert not any("prior average" in (c.get_label() or "") for a in (fig.axes[2], fig.axes[6]) for c in a.containers)
     fig.clf()
 
 

@@ -322,11 +322,11 @@ def check_c13(ctx: Context, fault: str | None) -> Results:
     noise = np.array([np.mean([r.gap.error for r in by_g[g]]) for g in g2s])
     if fault == "batch_mean_contrast":
         dev = dev + np.mean([r.c_ima for r in top]) - C
-    per_g = [{"gamma2": 1e8, "mean_gap": mean_gap, "mean_gap_se": se_gap, "C_IMA": C, "C_IMA_se": C_se,
+    per_g = [{"gamma2": 1e8, "num_samples": reps * per, "mean_gap": mean_gap, "mean_gap_se": se_gap, "C_IMA": C, "C_IMA_se": C_se,
               "mean_gap_minus_c_ima": float(devs.mean()), "mean_gap_minus_c_ima_se": float(devs.mean(1).std(ddof=1) / math.sqrt(reps))}]
     for g in g2s[:-1]:
         gg = np.array([r.gap.value for r in by_g[g]])
-        per_g.append({"gamma2": g, "mean_gap": float(gg.mean()), "mean_gap_se": float(gg.std(ddof=1) / math.sqrt(per)),
+        per_g.append({"gamma2": g, "num_samples": per, "mean_gap": float(gg.mean()), "mean_gap_se": float(gg.std(ddof=1) / math.sqrt(per)),
                       "C_IMA": C, "C_IMA_se": C_se, "mean_gap_minus_c_ima": float(dev[g2s.index(g)]),
                       "mean_gap_minus_c_ima_se": float(np.std([r.gap.value - r.c_ima for r in by_g[g]], ddof=1) / math.sqrt(per))})
     per_g.sort(key=lambda d: d["gamma2"])

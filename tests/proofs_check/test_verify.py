@@ -24,8 +24,9 @@ def test_verify_passes_and_writes_report(tmp_path: Path, capsys: pytest.CaptureF
     for c in rep["claims"]:
         assert c["status"] == "passed" and all(nc["rejected"] for nc in c["negative_controls"])
         assert len(c["evidence"]) >= 2
-    for name in ("report.md", "gap.png", "gap.svg", "self_consistency.png", "orders.png"):
+    for name in ("report.md", "gap.png", "gap.svg", "orders.png"):
         assert (out / name).stat().st_size > 0
+    assert not (out / "self_consistency.png").exists()  # C7/C8 were not requested
     assert "18/18" not in capsys.readouterr().out  # only the two selected claims ran
 
 

@@ -16,7 +16,7 @@ from theory.spec import SymbolicModel, loads_spec
 from .bridge import numeric_model, point_tensor
 
 #: Built-in model specs shipped in proofs_check/models/.
-BUILTIN_MODELS = ("linear", "triangular", "ima", "mobius", "embedding", "mlp", "noninjective")
+BUILTIN_MODELS = ("linear", "triangular", "ima", "mobius", "embedding", "curved", "mlp", "noninjective")
 
 
 def builtin_spec(name: str) -> SymbolicModel:

@@ -56,7 +56,6 @@ __all__ = [
     "refined_variance_comparison",
     "full_covariance_leading_order",
     "generic_expansion_1d",
-    "latex_symbol_names",
     "numeric",
     "H_SQRT_EPS",
 ]
@@ -440,36 +439,11 @@ class Expansion:
         }
 
     def latex(self) -> str:
-        """A LaTeX ``align*`` block with every coefficient (ε = γ⁻²)."""
-        names = latex_symbol_names(self)
-        L = lambda e: sp.latex(e, symbol_names=names)  # noqa: E731
-        z0 = ", ".join(L(p) for p in self.point)
-        vec = lambda xs: r"\left(" + ", ".join(L(x) for x in xs) + r"\right)"  # noqa: E731
-        lines = [
-            rf"z_0 &= \left({z0}\right)",
-            rf"\log p_\gamma(x) - \mathrm{{ELBO}}^*(x) &= {L(self.c_ima)} + \varepsilon\,\left({L(self.a1)}\right) + O(\varepsilon^2)",
-            rf"\mu^* - z_0 &= \varepsilon\,{vec(self.mu1)} + O(\varepsilon^2)",
-            rf"s^* &= \varepsilon\,{vec(self.s1)} + \varepsilon^2\,{vec(self.s2)} + O(\varepsilon^3)",
-            rf"\text{{refined variance, }}\varepsilon^2\text{{-coefficient}} &= {vec(self.refined_s2)}",
-            rf"\log p_\gamma(x) - \tfrac{{n-d}}{{2}}\log\tfrac{{\gamma^2}}{{2\pi}} &= {L(self.log_px[0])} + \varepsilon\,\left({L(self.log_px[1])}\right) + O(\varepsilon^2)",
-            rf"\mathrm{{ELBO}}^*(x) - \tfrac{{n-d}}{{2}}\log\tfrac{{\gamma^2}}{{2\pi}} &= {L(self.elbo_star[0])} + \varepsilon\,\left({L(self.elbo_star[1])}\right) + O(\varepsilon^2)",
-            rf"\text{{full-covariance gap}} &= {L(self.full_cov_gap0)} + \varepsilon\,\left({L(self.full_cov_a1)}\right) + O(\varepsilon^2)",
-        ]
-        return "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}"
+        """A LaTeX ``align*`` block with z0 and every coefficient (ε = γ⁻²), rendered by the one
+        renderer of symbolic results, :func:`theory.report.expansion_latex`."""
+        from .report import expansion_latex  # report imports this module
 
-
-def latex_symbol_names(exp: "Expansion | None" = None) -> dict[sp.Symbol, str]:
-    """LaTeX names for the auxiliary symbols: prior atoms ``ell'_k`` and the generic 1-D symbols."""
-    names: dict[sp.Symbol, str] = {}
-    if exp is not None:
-        for s in exp.atoms:
-            k = str(s).split("_")[-1]
-            prime = "''" if "''" in str(s) else "'"
-            names[s] = rf"\ell_{{{k}}}{prime}(z_{{{k}}})"
-    f1 = sp.Symbol("f1", positive=True)
-    f2, f3, l1, l2, l0 = sp.symbols("f2 f3 l1 l2 ell0", real=True)
-    names.update({f1: "f'", f2: "f''", f3: "f'" + "''", l1: r"\ell'", l2: r"\ell''", l0: r"\ell(z_0)"})
-    return names
+        return expansion_latex(self)
 
 
 def _expand(model: SymbolicModel, point: Sequence[sp.Expr], log_normalizer: sp.Expr, symbolic: bool) -> Expansion:

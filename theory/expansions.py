@@ -111,27 +111,55 @@ class GenericFormulas:
         return syms
 
 
-def _taylor_terms(J: sp.Matrix, T2: Sequence[sp.Matrix], T3: dict, w: Sequence[sp.Expr]) -> list[list[sp.Expr]]:
-    """[P1, P2, P3]: f(z0 + h w) − f(z0) = h P1(w) + h² P2(w) + h³ P3(w) + O(h⁴), per output i.
+#: A truncated power series in h: coefficients of h^0, h^1, ... (sympy expressions).
+Series = list
 
-    P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ Σ_abc T3_iabc w_a w_b w_c.
-    """
+
+def _ser_add(a: Series, b: Series) -> Series:
+    n = max(len(a), len(b))
+    return [(a[k] if k < len(a) else 0) + (b[k] if k < len(b) else 0) for k in range(n)]
+
+
+def _ser_mul(a: Series, b: Series, order: int) -> Series:
+    """a·b through h^order (terms of higher order are never formed)."""
+    out: list[Any] = [sp.Integer(0)] * min(order + 1, len(a) + len(b) - 1)
+    for i, ai in enumerate(a):
+        for j, bj in enumerate(b):
+            if i + j <= order:
+                out[i + j] += ai * bj
+    return out
+
+
+def _ser_lin(coeffs: Sequence[sp.Expr], w: Sequence[Series]) -> Series:
+    """Σ_a coeffs[a] · w[a]."""
+    out: Series = [sp.Integer(0)]
+    for c, wa in zip(coeffs, w):
+        out = _ser_add(out, [c * x for x in wa])
+    return out
+
+
+def _taylor_series(
+    J: sp.Matrix, T2: Sequence[sp.Matrix], T3: dict, w: Sequence[Series], orders: tuple[int, int, int]
+) -> list[list[Series]]:
+    """[P1, P2, P3] per output i, P_k a series in h through h^orders[k-1], for w_a given as series:
+    f(z0 + h w) − f(z0) = h P1(w) + h² P2(w) + h³ P3(w) + O(h⁴),
+    P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ Σ_abc T3_iabc w_a w_b w_c."""
     n, d = J.shape
-    wv = sp.Matrix(w)
-    P1 = [(J[i, :] * wv)[0, 0] for i in range(n)]
-    P2 = [sp.Rational(1, 2) * (wv.T * T2[i] * wv)[0, 0] for i in range(n)]
-    P3 = [
-        sp.Rational(1, 6) * sp.Add(*[T3[(i,) + abc] * w[abc[0]] * w[abc[1]] * w[abc[2]] for abc in itertools.product(range(d), repeat=3)])
-        for i in range(n)
-    ]
+    o1, o2, o3 = orders
+    P1 = [_ser_lin([J[i, a] for a in range(d)], w)[: o1 + 1] for i in range(n)]
+    P2, P3 = [], []
+    for i in range(n):
+        p2: Series = [sp.Integer(0)]
+        p3: Series = [sp.Integer(0)]
+        for a in range(d):
+            p2 = _ser_add(p2, _ser_mul(w[a], _ser_lin([T2[i][a, b] for b in range(d)], w), o2))
+            inner: Series = [sp.Integer(0)]
+            for b in range(d):
+                inner = _ser_add(inner, _ser_mul(w[b], _ser_lin([T3[(i, a, b, c)] for c in range(d)], w), o3))
+            p3 = _ser_add(p3, _ser_mul(w[a], inner, o3))
+        P2.append([sp.Rational(1, 2) * x for x in p2])
+        P3.append([sp.Rational(1, 6) * x for x in p3])
     return [P1, P2, P3]
-
-
-def _truncate(expr: sp.Expr, h: sp.Symbol, order: int) -> list[sp.Expr]:
-    """Coefficients of h^0..h^order of a polynomial in h."""
-    poly = sp.Poly(sp.expand(expr), h)
-    coeffs = {k[0]: c for k, c in poly.terms()}
-    return [coeffs.get(k, sp.Integer(0)) for k in range(order + 1)]
 
 
 @lru_cache(maxsize=16)
@@ -144,8 +172,10 @@ def generic_formulas(n: int, d: int) -> GenericFormulas:
     at its path when it is loaded, and a cache keyed on this module alone goes stale when a
     module the derivation depends on (:mod:`theory.moments`, sympy) changes, so that a wrong
     Gaussian moment could survive in a warm cache.  Deriving is cheap enough not to need one;
-    measured from scratch on the 2-core development machine (sympy 1.14): (1, 1) 0.07 s,
-    (2, 1) 0.05 s, (2, 2) 0.5 s, (3, 2) 0.8 s, (3, 3) 6.6 s.
+    measured from scratch in a fresh process on the 2-core development machine (sympy 1.14):
+    (1, 1) 0.05 s, (2, 1) 0.02 s, (2, 2) 0.2–0.4 s, (3, 2) 0.35–0.5 s, (3, 3) 1.1 s (before the
+    truncated-series exponent and the Poly-free Gaussian expectations: 0.06, 0.05, 0.5, 0.85
+    and 6.2–6.6 s).
     """
     return derive_generic_formulas(n, d)
 
@@ -173,24 +203,35 @@ def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
     u = tuple(sp.Symbol(f"u_{a + 1}", real=True) for a in range(d))
     M = J.T * J
 
-    def exponent(w: Sequence[sp.Expr]) -> sp.Expr:
-        """ℓ(z0 + h w) − ℓ(z0) − ‖f(z0 + h w) − x‖²/(2h²), exact through order h².
+    def exponent(w: Sequence[Series]) -> list[sp.Expr]:
+        """The h⁰, h¹, h² coefficients (expanded) of ℓ(z0 + h w) − ℓ(z0) − ‖f(z0 + h w) − x‖²/(2h²)
+        for w given as a series in h.
 
         ‖Σ_k h^k P_k‖² / (2h²) = Σ_j h^{j−2} · ½ Σ_{k+l=j} P_k·P_l (Cauchy product), kept for
         j ≤ 4, i.e. orders h⁰..h²; the dropped terms (j ≥ 5, or involving P4, ...) are O(h³)
-        for every w that is O(1) in h.
+        for every w that is O(1) in h.  Every product is a truncated series, so no term beyond
+        h² is ever formed (expanding the whole exponent and reading off its h-coefficients took
+        most of the derivation time).
         """
-        P = _taylor_terms(J, T2, T3, w)
-        F = sp.Integer(0)
-        for j in range(2, 5):
-            dot = sp.Add(*[P[k - 1][i] * P[j - k - 1][i] for k in range(1, j) for i in range(n)])
-            F += h ** (j - 2) * dot / 2
-        wv = sp.Matrix(w)
-        L = h * (g.T * wv)[0, 0] + h**2 / 2 * (wv.T * H * wv)[0, 0]
-        return L - F
+        # orders needed: P1·P1 through h², P1·P2 through h¹, P1·P3 and P2·P2 at h⁰
+        P = _taylor_series(J, T2, T3, w, (2, 1, 0))
+        out: Series = [sp.Integer(0)] * 3
+        for j in range(2, 5):  # the h^{j-2} term of ‖·‖²/(2h²) needs its inner series through h^{4-j}
+            dot: Series = [sp.Integer(0)]
+            for k in range(1, j):
+                for i in range(n):
+                    dot = _ser_add(dot, _ser_mul(P[k - 1][i], P[j - k - 1][i], 4 - j))
+            for q, c in enumerate(dot[: 5 - j]):
+                out[j - 2 + q] -= c / 2
+        gw = _ser_lin(list(g), w)  # h g·w
+        for q, c in enumerate(gw[:2]):
+            out[1 + q] += c
+        wHw = sp.Add(*[H[a, b] * w[a][0] * w[b][0] for a in range(d) for b in range(d)])  # h²/2 wᵀHw, h⁰ part of w
+        out[2] += wHw / 2
+        return [sp.expand(c) for c in out]
 
     # --- log p: exponent in u, read off X1, X2 -----------------------------------------
-    ex_u = _truncate(exponent(u), h, 2)
+    ex_u = exponent([[ua] for ua in u])
     uv = sp.Matrix(u)
     if sp.expand(ex_u[0] + (uv.T * M * uv)[0, 0] / 2) != 0:
         raise AssertionError("order-h^0 term of the exponent is not -u^T M u / 2")
@@ -205,8 +246,7 @@ def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
 
     # --- ELBO: z = z0 + h w, w = h m + w', w' ~ N(0, S) ---------------------------------
     wp = tuple(sp.Symbol(f"w_{a + 1}", real=True) for a in range(d))
-    w = [h * m[a] + wp[a] for a in range(d)]
-    ex_w = _truncate(exponent(w), h, 2)
+    ex_w = exponent([[wp[a], m[a]] for a in range(d)])  # w_a = w'_a + h m_a
     E0_integrand = gaussian_expectation(ex_w[0], wp, S)
     if sp.expand(E0_integrand + (M * S).trace() / 2) != 0:
         raise AssertionError("order-h^0 term of the ELBO is not -tr(MS)/2")

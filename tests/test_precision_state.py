@@ -17,11 +17,11 @@ import sympy as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Files that still set the precision globally, each known and to be fixed in its own branch:
-#: the strict xfail turns into a failure once the assignment is gone, so the entry is removed then.
+#: Files that still set the precision globally, each known and fixed elsewhere: the strict xfail
+#: turns into a failure once the assignment is gone, so the entry is removed then (claims.py
+#: is split into proofs_check/checks/ on main, where C5 already uses mpmath.workdps).
 KNOWN_GLOBAL_SETTERS = {
     "proofs_check/claims.py": "C5's 30-digit closed-form check sets mpmath.mp.dps = 30 (not edited in this branch)",
-    "proofs_check/checks/exact.py": "C5's 30-digit closed-form check sets mpmath.mp.dps = 30 (not edited in this branch)",
 }
 
 

@@ -184,7 +184,6 @@ def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
     """Derive the generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16)."""
     if n < d or d < 1:
         raise ValueError(f"need n >= d >= 1, got n={n}, d={d}")
-    h = H_SQRT_EPS
     J = sp.Matrix(n, d, lambda i, a: sp.Symbol(f"J_{i + 1}{a + 1}", real=True))
     T2 = tuple(
         sp.Matrix(d, d, lambda a, b, i=i: sp.Symbol(f"T2_{i + 1}_{_sorted_key((a, b))}", real=True)) for i in range(n)

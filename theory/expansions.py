@@ -45,7 +45,7 @@ import sympy as sp
 from .exact import EPS, c_ima_expr
 from .functions import backend_functions, lambdify
 from .moments import gaussian_expectation, symmetric_symbols
-from .spec import SymbolicModel, SpecError, point_subs
+from .spec import SpecError, SymbolicModel, point_subs
 
 __all__ = [
     "Expansion",

@@ -14,27 +14,26 @@ import mpmath
 import sympy as sp
 import torch
 
-from numerics.models import CallableDecoder, ExpressionPrior1D, GaussianPrior1D, LogisticPrior1D, Model, Prior, Prior1D, StudentTPrior1D
+from numerics.models import (
+    CallableDecoder,
+    ExpressionPrior1D,
+    GaussianPrior1D,
+    LogisticPrior1D,
+    Model,
+    Prior,
+    Prior1D,
+    StudentTPrior1D,
+)
+from theory.functions import backend_functions, by_node, lambdify
 from theory.spec import PRIOR_VARIABLE, SpecError, SymbolicModel, SymbolicPrior1D
 
 Tensor = torch.Tensor
 Fn = Callable[[Sequence[Tensor]], Tensor]
 
-_UNARY: dict[type, Callable[[Tensor], Tensor]] = {
-    sp.sin: torch.sin,
-    sp.cos: torch.cos,
-    sp.tan: torch.tan,
-    sp.exp: torch.exp,
-    sp.log: torch.log,
-    sp.tanh: torch.tanh,
-    sp.sinh: torch.sinh,
-    sp.cosh: torch.cosh,
-    sp.atan: torch.atan,
-    sp.asinh: torch.asinh,
-    sp.erf: torch.erf,
-    sp.Abs: torch.abs,
-    sp.loggamma: torch.lgamma,
-}
+#: sympy node class -> torch function, derived from the one function table (theory.functions).
+_UNARY: dict[type, Callable[[Tensor], Tensor]] = backend_functions("torch", torch)
+#: torch's square root, for the power node Pow(a, 1/2) that sympy makes of sqrt(a).
+_SQRT: Callable[[Tensor], Tensor] = getattr(torch, by_node()["sqrt"].torch)
 
 
 def to_torch(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> Fn:
@@ -66,7 +65,7 @@ def to_torch(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> Fn:
                     return lambda a: (lambda b: b * b)(base(a))
                 return lambda a: base(a) ** n
             if ex == sp.Rational(1, 2):
-                return lambda a: torch.sqrt(base(a))
+                return lambda a: _SQRT(base(a))
             if ex.is_number:
                 c = float(ex)
                 return lambda a: base(a) ** c
@@ -139,12 +138,15 @@ def numeric_model(model: SymbolicModel) -> Model:
 
 def mpmath_functions(model: SymbolicModel, log_normalizers: Sequence[float] | None = None):
     """(f_mp, ell_mp): the decoder and the prior log-density as mpmath callables of a
-    latent vector, for the extended-precision reference path (numerics.mpref)."""
-    f_l = sp.lambdify(model.latents, list(model.decoder), modules="mpmath")
+    latent vector, for the extended-precision reference path (numerics.mpref).
+
+    Lambdified with the mpmath functions of the one function table (theory.functions); they
+    evaluate at the caller's mpmath precision (numerics.mpref sets it with ``mpmath.workdps``)."""
+    f_l = lambdify(model.latents, list(model.decoder), "mpmath")
     ell = model.log_prior()
     if log_normalizers is not None:
         ell = ell - sum(sp.Float(c, 30) for c in log_normalizers)
-    ell_l = sp.lambdify(model.latents, ell, modules="mpmath")
+    ell_l = lambdify(model.latents, ell, "mpmath")
 
     def f_mp(z):
         return [mpmath.mpf(v) if not isinstance(v, mpmath.mpf) else v for v in f_l(*z)]

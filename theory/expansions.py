@@ -26,8 +26,9 @@ P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ T3_i[w, w, w].  Then
 The expansion is local: it assumes f is injective (z0 is the only preimage of x) with J(z0) of
 full column rank; for a non-injective decoder (THEORY.md N1) it describes one posterior mode.
 
-Everything is derived once per (n, d) in terms of Taylor-coefficient symbols (cached), then the
-exact derivatives of a model at z0 are substituted; numbers enter only at the end.
+Everything is derived once per (n, d) in terms of Taylor-coefficient symbols (in this process,
+kept in memory, never cached on disk: see :func:`generic_formulas`), then the exact
+derivatives of a model at z0 are substituted; numbers enter only at the end.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ import mpmath
 import sympy as sp
 
 from .exact import EPS, c_ima_expr
+from .functions import backend_functions, lambdify
 from .moments import gaussian_expectation, symmetric_symbols
-from .spec import SymbolicModel, SpecError, point_subs
+from .spec import SpecError, SymbolicModel, point_subs
 
 __all__ = [
     "Expansion",
@@ -54,7 +56,6 @@ __all__ = [
     "refined_variance_comparison",
     "full_covariance_leading_order",
     "generic_expansion_1d",
-    "latex_symbol_names",
     "numeric",
     "H_SQRT_EPS",
 ]
@@ -110,84 +111,79 @@ class GenericFormulas:
         return syms
 
 
-def _taylor_terms(J: sp.Matrix, T2: Sequence[sp.Matrix], T3: dict, w: Sequence[sp.Expr]) -> list[list[sp.Expr]]:
-    """[P1, P2, P3]: f(z0 + h w) − f(z0) = h P1(w) + h² P2(w) + h³ P3(w) + O(h⁴), per output i.
+#: A truncated power series in h: coefficients of h^0, h^1, ... (sympy expressions).
+Series = list
 
-    P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ Σ_abc T3_iabc w_a w_b w_c.
-    """
+
+def _ser_add(a: Series, b: Series) -> Series:
+    n = max(len(a), len(b))
+    return [(a[k] if k < len(a) else 0) + (b[k] if k < len(b) else 0) for k in range(n)]
+
+
+def _ser_mul(a: Series, b: Series, order: int) -> Series:
+    """a·b through h^order (terms of higher order are never formed)."""
+    out: list[Any] = [sp.Integer(0)] * min(order + 1, len(a) + len(b) - 1)
+    for i, ai in enumerate(a):
+        for j, bj in enumerate(b):
+            if i + j <= order:
+                out[i + j] += ai * bj
+    return out
+
+
+def _ser_lin(coeffs: Sequence[sp.Expr], w: Sequence[Series]) -> Series:
+    """Σ_a coeffs[a] · w[a]."""
+    out: Series = [sp.Integer(0)]
+    for c, wa in zip(coeffs, w):
+        out = _ser_add(out, [c * x for x in wa])
+    return out
+
+
+def _taylor_series(
+    J: sp.Matrix, T2: Sequence[sp.Matrix], T3: dict, w: Sequence[Series], orders: tuple[int, int, int]
+) -> list[list[Series]]:
+    """[P1, P2, P3] per output i, P_k a series in h through h^orders[k-1], for w_a given as series:
+    f(z0 + h w) − f(z0) = h P1(w) + h² P2(w) + h³ P3(w) + O(h⁴),
+    P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ Σ_abc T3_iabc w_a w_b w_c."""
     n, d = J.shape
-    wv = sp.Matrix(w)
-    P1 = [(J[i, :] * wv)[0, 0] for i in range(n)]
-    P2 = [sp.Rational(1, 2) * (wv.T * T2[i] * wv)[0, 0] for i in range(n)]
-    P3 = [
-        sp.Rational(1, 6) * sp.Add(*[T3[(i,) + abc] * w[abc[0]] * w[abc[1]] * w[abc[2]] for abc in itertools.product(range(d), repeat=3)])
-        for i in range(n)
-    ]
+    o1, o2, o3 = orders
+    P1 = [_ser_lin([J[i, a] for a in range(d)], w)[: o1 + 1] for i in range(n)]
+    P2, P3 = [], []
+    for i in range(n):
+        p2: Series = [sp.Integer(0)]
+        p3: Series = [sp.Integer(0)]
+        for a in range(d):
+            p2 = _ser_add(p2, _ser_mul(w[a], _ser_lin([T2[i][a, b] for b in range(d)], w), o2))
+            inner: Series = [sp.Integer(0)]
+            for b in range(d):
+                inner = _ser_add(inner, _ser_mul(w[b], _ser_lin([T3[(i, a, b, c)] for c in range(d)], w), o3))
+            p3 = _ser_add(p3, _ser_mul(w[a], inner, o3))
+        P2.append([sp.Rational(1, 2) * x for x in p2])
+        P3.append([sp.Rational(1, 6) * x for x in p3])
     return [P1, P2, P3]
-
-
-def _truncate(expr: sp.Expr, h: sp.Symbol, order: int) -> list[sp.Expr]:
-    """Coefficients of h^0..h^order of a polynomial in h."""
-    poly = sp.Poly(sp.expand(expr), h)
-    coeffs = {k[0]: c for k, c in poly.terms()}
-    return [coeffs.get(k, sp.Integer(0)) for k in range(order + 1)]
-
-
-def _disk_cache_path(n: int, d: int):
-    """Where the generic (n, d) formulas are cached between processes: $GAPCHECK_CACHE_DIR or
-    ~/.cache/gapcheck, keyed by sympy's version and a hash of this module's source (so a
-    change of the derivation invalidates it).  None when caching is disabled
-    (GAPCHECK_CACHE_DIR=off)."""
-    import hashlib
-    import os
-    from pathlib import Path
-
-    root = os.environ.get("GAPCHECK_CACHE_DIR")
-    if root == "off":
-        return None
-    base = Path(root) if root else Path.home() / ".cache" / "gapcheck"
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return base / f"generic_n{n}_d{d}_sympy{sp.__version__}_{digest}.pickle"
 
 
 @lru_cache(maxsize=16)
 def generic_formulas(n: int, d: int) -> GenericFormulas:
     """The generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16), derived by
-    :func:`derive_generic_formulas`; cached in memory and, best effort, on disk (a cache that
-    cannot be read or written is ignored: the formulas are then derived again)."""
-    import os
-    import pickle
-    import tempfile
+    :func:`derive_generic_formulas` in this process and kept in memory (``lru_cache``; call
+    ``generic_formulas.cache_clear()`` after changing a module the derivation uses).
 
-    path = _disk_cache_path(n, d)
-    if path is not None and path.is_file():
-        try:
-            with open(path, "rb") as fh:
-                cached = pickle.load(fh)
-            if isinstance(cached, GenericFormulas):
-                return cached
-        except Exception:  # a corrupt or foreign cache file: derive again
-            pass
-    G = derive_generic_formulas(n, d)
-    if path is not None:
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(G, fh)
-            os.replace(tmp, path)
-        except Exception:  # caching is an optimization only
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-    return G
+    There is deliberately no cache on disk.  A pickled cache runs code from whatever file sits
+    at its path when it is loaded, and a cache keyed on this module alone goes stale when a
+    module the derivation depends on (:mod:`theory.moments`, sympy) changes, so that a wrong
+    Gaussian moment could survive in a warm cache.  Deriving is cheap enough not to need one;
+    measured from scratch in a fresh process on the 2-core development machine (sympy 1.14):
+    (1, 1) 0.05 s, (2, 1) 0.02 s, (2, 2) 0.2–0.4 s, (3, 2) 0.35–0.5 s, (3, 3) 1.1 s (before the
+    truncated-series exponent and the Poly-free Gaussian expectations: 0.06, 0.05, 0.5, 0.85
+    and 6.2–6.6 s).
+    """
+    return derive_generic_formulas(n, d)
 
 
 def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
     """Derive the generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16)."""
     if n < d or d < 1:
         raise ValueError(f"need n >= d >= 1, got n={n}, d={d}")
-    h = H_SQRT_EPS
     J = sp.Matrix(n, d, lambda i, a: sp.Symbol(f"J_{i + 1}{a + 1}", real=True))
     T2 = tuple(
         sp.Matrix(d, d, lambda a, b, i=i: sp.Symbol(f"T2_{i + 1}_{_sorted_key((a, b))}", real=True)) for i in range(n)
@@ -206,24 +202,35 @@ def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
     u = tuple(sp.Symbol(f"u_{a + 1}", real=True) for a in range(d))
     M = J.T * J
 
-    def exponent(w: Sequence[sp.Expr]) -> sp.Expr:
-        """ℓ(z0 + h w) − ℓ(z0) − ‖f(z0 + h w) − x‖²/(2h²), exact through order h².
+    def exponent(w: Sequence[Series]) -> list[sp.Expr]:
+        """The h⁰, h¹, h² coefficients (expanded) of ℓ(z0 + h w) − ℓ(z0) − ‖f(z0 + h w) − x‖²/(2h²)
+        for w given as a series in h.
 
         ‖Σ_k h^k P_k‖² / (2h²) = Σ_j h^{j−2} · ½ Σ_{k+l=j} P_k·P_l (Cauchy product), kept for
         j ≤ 4, i.e. orders h⁰..h²; the dropped terms (j ≥ 5, or involving P4, ...) are O(h³)
-        for every w that is O(1) in h.
+        for every w that is O(1) in h.  Every product is a truncated series, so no term beyond
+        h² is ever formed (expanding the whole exponent and reading off its h-coefficients took
+        most of the derivation time).
         """
-        P = _taylor_terms(J, T2, T3, w)
-        F = sp.Integer(0)
-        for j in range(2, 5):
-            dot = sp.Add(*[P[k - 1][i] * P[j - k - 1][i] for k in range(1, j) for i in range(n)])
-            F += h ** (j - 2) * dot / 2
-        wv = sp.Matrix(w)
-        L = h * (g.T * wv)[0, 0] + h**2 / 2 * (wv.T * H * wv)[0, 0]
-        return L - F
+        # orders needed: P1·P1 through h², P1·P2 through h¹, P1·P3 and P2·P2 at h⁰
+        P = _taylor_series(J, T2, T3, w, (2, 1, 0))
+        out: Series = [sp.Integer(0)] * 3
+        for j in range(2, 5):  # the h^{j-2} term of ‖·‖²/(2h²) needs its inner series through h^{4-j}
+            dot: Series = [sp.Integer(0)]
+            for k in range(1, j):
+                for i in range(n):
+                    dot = _ser_add(dot, _ser_mul(P[k - 1][i], P[j - k - 1][i], 4 - j))
+            for q, c in enumerate(dot[: 5 - j]):
+                out[j - 2 + q] -= c / 2
+        gw = _ser_lin(list(g), w)  # h g·w
+        for q, c in enumerate(gw[:2]):
+            out[1 + q] += c
+        wHw = sp.Add(*[H[a, b] * w[a][0] * w[b][0] for a in range(d) for b in range(d)])  # h²/2 wᵀHw, h⁰ part of w
+        out[2] += wHw / 2
+        return [sp.expand(c) for c in out]
 
     # --- log p: exponent in u, read off X1, X2 -----------------------------------------
-    ex_u = _truncate(exponent(u), h, 2)
+    ex_u = exponent([[ua] for ua in u])
     uv = sp.Matrix(u)
     if sp.expand(ex_u[0] + (uv.T * M * uv)[0, 0] / 2) != 0:
         raise AssertionError("order-h^0 term of the exponent is not -u^T M u / 2")
@@ -238,8 +245,7 @@ def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
 
     # --- ELBO: z = z0 + h w, w = h m + w', w' ~ N(0, S) ---------------------------------
     wp = tuple(sp.Symbol(f"w_{a + 1}", real=True) for a in range(d))
-    w = [h * m[a] + wp[a] for a in range(d)]
-    ex_w = _truncate(exponent(w), h, 2)
+    ex_w = exponent([[wp[a], m[a]] for a in range(d)])  # w_a = w'_a + h m_a
     E0_integrand = gaussian_expectation(ex_w[0], wp, S)
     if sp.expand(E0_integrand + (M * S).trace() / 2) != 0:
         raise AssertionError("order-h^0 term of the ELBO is not -tr(MS)/2")
@@ -356,12 +362,9 @@ def numeric(expr: sp.Expr, dps: int = 50) -> mpmath.mpf:
         return +out
 
 
-_MP_FUNCS: dict[type, Any] = {
-    sp.exp: mpmath.exp, sp.log: mpmath.log, sp.sin: mpmath.sin, sp.cos: mpmath.cos, sp.tan: mpmath.tan,
-    sp.tanh: mpmath.tanh, sp.sinh: mpmath.sinh, sp.cosh: mpmath.cosh, sp.atan: mpmath.atan,
-    sp.asinh: mpmath.asinh, sp.erf: mpmath.erf, sp.Abs: mpmath.fabs, sp.loggamma: mpmath.loggamma,
-    sp.gamma: mpmath.gamma,
-}
+#: sympy node class -> mpmath function, derived from the one function table (theory.functions);
+#: any other node is evaluated by sympy's evalf at the working precision.
+_MP_FUNCS: dict[type, Any] = backend_functions("mpmath", mpmath)
 
 
 def _mp_eval(expr: sp.Basic, memo: dict, dps: int) -> Any:
@@ -475,36 +478,11 @@ class Expansion:
         }
 
     def latex(self) -> str:
-        """A LaTeX ``align*`` block with every coefficient (ε = γ⁻²)."""
-        names = latex_symbol_names(self)
-        L = lambda e: sp.latex(e, symbol_names=names)  # noqa: E731
-        z0 = ", ".join(L(p) for p in self.point)
-        vec = lambda xs: r"\left(" + ", ".join(L(x) for x in xs) + r"\right)"  # noqa: E731
-        lines = [
-            rf"z_0 &= \left({z0}\right)",
-            rf"\log p_\gamma(x) - \mathrm{{ELBO}}^*(x) &= {L(self.c_ima)} + \varepsilon\,\left({L(self.a1)}\right) + O(\varepsilon^2)",
-            rf"\mu^* - z_0 &= \varepsilon\,{vec(self.mu1)} + O(\varepsilon^2)",
-            rf"s^* &= \varepsilon\,{vec(self.s1)} + \varepsilon^2\,{vec(self.s2)} + O(\varepsilon^3)",
-            rf"\text{{refined variance, }}\varepsilon^2\text{{-coefficient}} &= {vec(self.refined_s2)}",
-            rf"\log p_\gamma(x) - \tfrac{{n-d}}{{2}}\log\tfrac{{\gamma^2}}{{2\pi}} &= {L(self.log_px[0])} + \varepsilon\,\left({L(self.log_px[1])}\right) + O(\varepsilon^2)",
-            rf"\mathrm{{ELBO}}^*(x) - \tfrac{{n-d}}{{2}}\log\tfrac{{\gamma^2}}{{2\pi}} &= {L(self.elbo_star[0])} + \varepsilon\,\left({L(self.elbo_star[1])}\right) + O(\varepsilon^2)",
-            rf"\text{{full-covariance gap}} &= {L(self.full_cov_gap0)} + \varepsilon\,\left({L(self.full_cov_a1)}\right) + O(\varepsilon^2)",
-        ]
-        return "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}"
+        """A LaTeX ``align*`` block with z0 and every coefficient (ε = γ⁻²), rendered by the one
+        renderer of symbolic results, :func:`theory.report.expansion_latex`."""
+        from .report import expansion_latex  # report imports this module
 
-
-def latex_symbol_names(exp: "Expansion | None" = None) -> dict[sp.Symbol, str]:
-    """LaTeX names for the auxiliary symbols: prior atoms ``ell'_k`` and the generic 1-D symbols."""
-    names: dict[sp.Symbol, str] = {}
-    if exp is not None:
-        for s in exp.atoms:
-            k = str(s).split("_")[-1]
-            prime = "''" if "''" in str(s) else "'"
-            names[s] = rf"\ell_{{{k}}}{prime}(z_{{{k}}})"
-    f1 = sp.Symbol("f1", positive=True)
-    f2, f3, l1, l2, l0 = sp.symbols("f2 f3 l1 l2 ell0", real=True)
-    names.update({f1: "f'", f2: "f''", f3: "f'" + "''", l1: r"\ell'", l2: r"\ell''", l0: r"\ell(z_0)"})
-    return names
+        return expansion_latex(self)
 
 
 def _expand(model: SymbolicModel, point: Sequence[sp.Expr], log_normalizer: sp.Expr, symbolic: bool) -> Expansion:
@@ -770,7 +748,7 @@ def prediction_functions(model: SymbolicModel, modules: str = "numpy", log_norma
 
     def lam(e: sp.Expr):
         e = sp.sympify(e).xreplace(atoms) if atoms else sp.sympify(e)
-        return sp.lambdify(model.latents, e, modules=modules)
+        return lambdify(model.latents, e, modules)  # the function table's numpy / mpmath functions
 
     return {
         "c_ima": lam(exp.c_ima),

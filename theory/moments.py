@@ -60,10 +60,35 @@ def gaussian_expectation(expr: sp.Expr, variables: Iterable[sp.Symbol], cov: sp.
     the exact moments of :func:`gaussian_moment`, and summed.
     """
     variables = tuple(variables)
-    poly = sp.Poly(sp.expand(expr), *variables)
     terms = []
-    for monom, coeff in poly.terms():
+    for monom, coeff in _monomial_coefficients(sp.expand(expr), variables).items():
         mom = gaussian_moment(monom, cov)
         if mom != 0:
             terms.append(coeff * mom)
     return sp.Add(*terms)
+
+
+def _monomial_coefficients(expanded: sp.Expr, variables: tuple[sp.Symbol, ...]) -> dict[tuple[int, ...], sp.Expr]:
+    """{exponents of ``variables``: coefficient} of an expanded polynomial in ``variables``.
+
+    The same as ``sp.Poly(expanded, *variables).terms()`` (coefficients as expanded sums), read
+    off term by term: building a Poly constructs a polynomial ring over every other symbol in
+    the coefficients, which took most of the time of the generic derivations."""
+    index = {v: k for k, v in enumerate(variables)}
+    groups: dict[tuple[int, ...], list[sp.Expr]] = {}
+    for term in sp.Add.make_args(expanded):
+        exps = [0] * len(variables)
+        coeff = []
+        for factor in sp.Mul.make_args(term):
+            base, e = factor.as_base_exp()
+            k = index.get(base)
+            if k is None:
+                if factor.has(*variables):
+                    raise ValueError(f"gaussian_expectation needs a polynomial in {variables}, got the factor {factor}")
+                coeff.append(factor)
+            elif e.is_Integer and e >= 0:
+                exps[k] += int(e)
+            else:
+                raise ValueError(f"gaussian_expectation needs a polynomial in {variables}, got the factor {factor}")
+        groups.setdefault(tuple(exps), []).append(sp.Mul(*coeff))
+    return {monom: sp.Add(*cs) for monom, cs in groups.items() if any(c != 0 for c in cs)}

@@ -21,15 +21,29 @@ from .expansions import (
     expansion_symbolic,
     full_covariance_leading_order,
     generic_expansion_1d,
-    latex_symbol_names,
     refined_variance_comparison,
 )
 from .spec import SymbolicModel, load_spec
 
-__all__ = ["derivation_text", "derivations_markdown", "method_markdown", "main"]
+__all__ = ["derivation_text", "derivations_markdown", "expansion_latex", "expansion_rows", "latex_symbol_names", "method_markdown", "main"]
 
 #: Expressions with more sympy operations than this are summarized, not printed.
 MAX_DISPLAY_OPS = 400
+
+
+def latex_symbol_names(exp: Expansion | None = None) -> dict[sp.Symbol, str]:
+    """LaTeX names for the auxiliary symbols: prior atoms ``ell'_k`` and the generic 1-D symbols."""
+    names: dict[sp.Symbol, str] = {}
+    if exp is not None:
+        for s in exp.atoms:
+            k = str(s).split("_")[-1]
+            prime = "''" if "''" in str(s) else "'"
+            names[s] = rf"\ell_{{{k}}}{prime}(z_{{{k}}})"
+    f1 = sp.Symbol("f1", positive=True)
+    f2, f3, l1, l2, l0 = sp.symbols("f2 f3 l1 l2 ell0", real=True)
+    names.update({f1: "f'", f2: "f''", f3: "f'" + "''", l1: r"\ell'", l2: r"\ell''", l0: r"\ell(z_0)"})
+    return names
+
 
 def _symbol_names(exp: Expansion | None = None) -> dict[sp.Symbol, str]:
     names = latex_symbol_names(exp)
@@ -58,10 +72,6 @@ def _fmt(expr: sp.Expr, latex: bool, names: dict[sp.Symbol, str] | None = None) 
     return exact
 
 
-def _fmt_vec(xs: Sequence[sp.Expr], latex: bool, names: dict | None = None) -> list[str]:
-    return [_fmt(x, latex, names) for x in xs]
-
-
 def _model_header(model: SymbolicModel, latex: bool) -> list[str]:
     comps = [sp.latex(c) if latex else sp.sstr(c) for c in model.decoder]
     if latex:
@@ -73,10 +83,11 @@ def _model_header(model: SymbolicModel, latex: bool) -> list[str]:
     ]
 
 
-def _expansion_lines(exp: Expansion, latex: bool) -> list[str]:
+def expansion_rows(exp: Expansion, latex: bool) -> list[tuple[str, str, str]]:
+    """The rows every rendering of an :class:`~theory.expansions.Expansion` shows, in order:
+    (plain-text label, LaTeX symbol, value formatted for ``latex`` or plain text)."""
     names = _symbol_names(exp)
     d = len(exp.mu1)
-    cmp = refined_variance_comparison(exp)
     rows: list[tuple[str, str, str]] = [
         ("gap limit c_IMA", r"c_{\mathrm{IMA}}", _fmt(exp.c_ima, latex, names)),
         ("gap eps-coefficient a1", r"a_1", _fmt(exp.a1, latex, names)),
@@ -97,6 +108,21 @@ def _expansion_lines(exp: Expansion, latex: bool) -> list[str]:
         ("full-covariance gap, limit", r"\mathrm{gap}^{\mathrm{full}}_0", _fmt(exp.full_cov_gap0, latex, names)),
         ("full-covariance gap, eps-coefficient", r"\mathrm{gap}^{\mathrm{full}}_1", _fmt(exp.full_cov_a1, latex, names)),
     ]
+    return rows
+
+
+def expansion_latex(exp: Expansion) -> str:
+    """One expansion as a LaTeX ``align*`` block: z0, then the rows of :func:`expansion_rows`
+    (what :meth:`theory.expansions.Expansion.latex` returns)."""
+    z0 = ", ".join(sp.latex(sp.sympify(p)) for p in exp.point)
+    lines = [rf"z_0 &= \left({z0}\right)"] + [rf"{sym} &= {val}" for _, sym, val in expansion_rows(exp, True)]
+    return "\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}"
+
+
+def _expansion_lines(exp: Expansion, latex: bool) -> list[str]:
+    names = _symbol_names(exp)
+    cmp = refined_variance_comparison(exp)
+    rows = expansion_rows(exp, latex)
     verdict = "yes (linear-decoder behaviour)" if cmp.equal else "no (decoder curvature enters s2, C16)"
     out: list[str] = []
     if latex:

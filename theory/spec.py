@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import sympy as sp
 
+from .functions import SPEC_FUNCTIONS
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
@@ -39,25 +41,11 @@ class SpecError(ValueError):
     """A model spec is malformed; the message names the offending field and the problem."""
 
 
-#: Elementary functions a spec may call, by name.
-ALLOWED_FUNCTIONS: dict[str, Callable[..., sp.Expr]] = {
-    "sin": sp.sin,
-    "cos": sp.cos,
-    "tan": sp.tan,
-    "exp": sp.exp,
-    "log": sp.log,
-    "sqrt": sp.sqrt,
-    "tanh": sp.tanh,
-    "sinh": sp.sinh,
-    "cosh": sp.cosh,
-    "atan": sp.atan,
-    "asinh": sp.asinh,
-    "erf": sp.erf,
-    "abs": sp.Abs,
-    "sigmoid": lambda a: 1 / (1 + sp.exp(-a)),
-    "softplus": lambda a: sp.log(1 + sp.exp(a)),
-    "log1p": lambda a: sp.log(1 + a),
-}
+#: Elementary functions a spec may call, by name: the parser's whitelist, derived from the one
+#: function table :data:`theory.functions.FUNCTIONS` (which also names each function's torch,
+#: mpmath, numpy and arb counterparts).
+ALLOWED_FUNCTIONS: dict[str, Callable[..., sp.Expr]] = {name: f.build for name, f in SPEC_FUNCTIONS.items()}
+_ARITY: dict[str, int] = {name: f.arity for name, f in SPEC_FUNCTIONS.items()}
 
 #: Named constants a spec may use.
 ALLOWED_CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}
@@ -154,9 +142,11 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], where: str = "
                     f"{where}: function {node.func.id!r} is not allowed in {text!r}; "
                     f"allowed: {', '.join(sorted(ALLOWED_FUNCTIONS))}"
                 )
-            if node.keywords or len(node.args) != 1:
-                raise SpecError(f"{where}: {node.func.id}() takes exactly one positional argument, in {text!r}")
-            return fn(build(node.args[0]))
+            arity = _ARITY[node.func.id]
+            if node.keywords or len(node.args) != arity:
+                count = "one positional argument" if arity == 1 else f"{arity} positional arguments"
+                raise SpecError(f"{where}: {node.func.id}() takes exactly {count}, in {text!r}")
+            return fn(*[build(a) for a in node.args])
         if isinstance(node, ast.Attribute):
             raise SpecError(f"{where}: attribute access is not allowed, in {text!r}")
         raise SpecError(f"{where}: construct {type(node).__name__} is not allowed, in {text!r}")

@@ -44,3 +44,17 @@ def test_numpy_functions_vectorize() -> None:
     vec = f["a1"](z1, z2)
     assert vec.shape == (3,)
     assert np.allclose(vec, [f["a1"](*p) for p in POINTS], rtol=1e-15)
+
+
+def test_numpy_functions_vectorize_functions_numpy_lacks() -> None:
+    """erf enters the derivatives of this decoder; numpy has no erf, so the function table's
+    vectorized math.erf is used (plain ``lambdify(..., "numpy")`` falls back to the scalar
+    math.erf, which fails on arrays)."""
+    model = loads_spec('decoder = ["z1 + 0.3*erf(z2)**2", "z2"]\nprior = "gaussian"\n')
+    f = prediction_functions(model)
+    z1 = np.array([p[0] for p in POINTS])
+    z2 = np.array([p[1] for p in POINTS])
+    vec = f["a1"](z1, z2)
+    ref = [expand_at(model, p).as_floats()["gap"][1] for p in POINTS]
+    # float64 evaluation of the symbolic formula vs the 30-digit point expansion (as above)
+    assert np.allclose(vec, ref, rtol=1e-12, atol=1e-14)

@@ -67,6 +67,21 @@ def test_gaussian_moments_isserlis() -> None:
     assert sp.expand(gaussian_expectation((a * u[0] + u[1]) ** 2, u, S) - (a**2 * s11 + 2 * a * s12 + s22)) == 0
 
 
+def test_monomial_coefficients_match_sympy_poly() -> None:
+    """gaussian_expectation reads coefficients off term by term; they equal sympy's Poly.terms()."""
+    from theory.moments import _monomial_coefficients
+
+    u = sp.symbols("u1 u2", real=True)
+    a, b, c = sp.symbols("a b c", real=True)
+    for e in [(a * u[0] + b * u[1] + c) ** 3 * (u[0] - 2 * a * b * u[1] ** 2), sp.Integer(7) * a, sp.Integer(0), (u[0] * u[1] - a) ** 2 - u[0] ** 2 * u[1] ** 2]:
+        ex = sp.expand(e)
+        ref = {m: cf for m, cf in sp.Poly(ex, *u).terms()} if ex != 0 else {}
+        got = _monomial_coefficients(ex, u)
+        assert set(got) == set(ref) and all(sp.expand(got[m] - ref[m]) == 0 for m in ref)
+    with pytest.raises(ValueError, match="polynomial"):
+        _monomial_coefficients(sp.expand(sp.exp(u[0]) * a + u[1] ** -1), u)
+
+
 # ---------------------------------------------------------------- generic structure
 
 

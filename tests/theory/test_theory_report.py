@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from theory.report import derivation_text, derivations_markdown, main, method_markdown
+from theory.expansions import expand_at
+from theory.report import derivation_text, derivations_markdown, expansion_latex, expansion_rows, main, method_markdown
 from theory.spec import loads_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,19 @@ def test_derivation_text_plain_and_latex() -> None:
     assert "At z0 = (1, 2)" in one and "z2**2" not in one.split("At z0")[1]
     tex = derivation_text(m, latex=True)
     assert r"\begin{aligned}" in tex and r"c_{\mathrm{IMA}}" in tex
+
+
+def test_one_renderer_for_expansions() -> None:
+    """Expansion.latex() and the derivation report render the same rows with the same code."""
+    m = loads_spec(EMB)
+    e = expand_at(m, m.points[0])
+    tex = e.latex()
+    assert tex == expansion_latex(e) and tex.startswith("\\begin{align*}") and tex.endswith("\\end{align*}")
+    report = derivation_text(m, point=m.points[0], latex=True)
+    rows = expansion_rows(e, latex=True)
+    assert len(rows) == 2 + 4 * m.d + 6
+    for _, sym, val in rows:
+        assert f"{sym} &= {val}" in tex and f"{sym} &= {val} \\\\" in report
 
 
 def test_derivations_markdown_is_generated_and_fast() -> None:

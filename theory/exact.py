@@ -1,6 +1,6 @@
-"""Exact (all-γ) statements of THEORY.md: C1, C2, C5, C6, and c_IMA helpers for C3/C4.
+"""Exact (all-γ) statements of docs/theory.md: C1, C2, C5, C6, and c_IMA helpers for C3/C4.
 
-Conventions (THEORY.md): ε = γ⁻² is the decoder *variance*, γ² its precision; encoder
+Conventions (docs/theory.md): ε = γ⁻² is the decoder *variance*, γ² its precision; encoder
 variances ``s_k = σ_k²``; ``M = JᵀJ``.  "Reduced" log-likelihoods and ELBOs drop the term
 ``(n−d)/2 · log(γ²/2π)`` that diverges for n > d (C9, C10):
 
@@ -35,7 +35,7 @@ __all__ = [
     "beta_vae_identity",
 ]
 
-#: ε = γ⁻², the decoder variance (THEORY.md).
+#: ε = γ⁻², the decoder variance (docs/theory.md).
 EPS = sp.Symbol("epsilon", positive=True)
 #: γ², the decoder precision.
 GAMMA2 = sp.Symbol("gamma2", positive=True)
@@ -47,19 +47,19 @@ def to_gamma2(expr: sp.Expr) -> sp.Expr:
 
 
 # ----------------------------------------------------------------------------------------
-# c_IMA (THEORY.md "Local IMA contrast"; claims C3, C4)
+# c_IMA (docs/theory.md "Local IMA contrast"; claims C3, C4)
 # ----------------------------------------------------------------------------------------
 
 
 def c_ima_terms(J: sp.Matrix) -> tuple[sp.Expr, sp.Expr]:
-    """(Σ_k log‖J_k‖, ½ log det JᵀJ): the two terms of c_IMA (THEORY.md, local IMA contrast)."""
+    """(Σ_k log‖J_k‖, ½ log det JᵀJ): the two terms of c_IMA (docs/theory.md, local IMA contrast)."""
     M = J.T * J
     col = sp.Add(*[sp.log(M[k, k]) for k in range(M.shape[0])]) / 2
     return col, sp.log(M.det()) / 2
 
 
 def c_ima_expr(J: sp.Matrix) -> sp.Expr:
-    """c_IMA(J) = Σ_k log‖J_k‖ − ½ log det(JᵀJ)  (THEORY.md, local IMA contrast).
+    """c_IMA(J) = Σ_k log‖J_k‖ − ½ log det(JᵀJ)  (docs/theory.md, local IMA contrast).
 
     Returned in the equivalent single-log form ``½ log(Π_k M_kk / det M)``, M = JᵀJ, so that
     exact cancellations (e.g. orthogonal columns, C12) evaluate to ``log(1) = 0`` without log
@@ -96,7 +96,7 @@ def invariance_checks(J: sp.Matrix, D: sp.Matrix, P: sp.Matrix, O: sp.Matrix) ->
 
 @dataclass(frozen=True)
 class MeanFieldLemma:
-    """Result of :func:`mean_field_gaussian_lemma` (THEORY.md C2)."""
+    """Result of :func:`mean_field_gaussian_lemma` (docs/theory.md C2)."""
 
     d: int
     precision: sp.Matrix  # generic symmetric Λ
@@ -162,7 +162,7 @@ def mean_field_gaussian_lemma(d: int) -> MeanFieldLemma:
 
 @dataclass(frozen=True)
 class LinearGaussian:
-    """f(z) = A z, prior N(0, diag(v)), decoder variance ε (THEORY.md C5).  All exact in ``EPS``.
+    """f(z) = A z, prior N(0, diag(v)), decoder variance ε (docs/theory.md C5).  All exact in ``EPS``.
 
     ``A`` is n x d of full column rank, ``v`` the prior variances.  Methods return sympy
     expressions in :data:`EPS` (use ``.subs(EPS, 1/GAMMA2)`` for γ²).
@@ -240,7 +240,7 @@ class LinearGaussian:
         return (sp.Add(*[sp.log(K[k, k]) for k in range(self.d)]) - sp.log(sp.factor(K.det()))) / 2
 
     def elbo(self, z0: Sequence[sp.Expr], mu: Sequence[sp.Expr], s: Sequence[sp.Expr], eps: sp.Expr = EPS) -> sp.Expr:
-        """Closed-form ELBO(x; μ, s) (THEORY.md definition) for the linear-Gaussian model.
+        """Closed-form ELBO(x; μ, s) (docs/theory.md definition) for the linear-Gaussian model.
 
         E_q‖x − Az‖² = ‖x − Aμ‖² + Σ_k s_k M_kk,  E_q ℓ = Σ_k [−(μ_k² + s_k)/(2v_k) − ½ log 2πv_k],
         entropy ½ Σ_k log(2πe s_k).  Independent of the gap formula; used to check C1/C2.
@@ -307,7 +307,7 @@ def linear_gaussian_first_order_generic(d: int) -> tuple[sp.Expr, bool]:
 
 @dataclass(frozen=True)
 class BetaVAEIdentity:
-    """Result of :func:`beta_vae_identity` (THEORY.md C6)."""
+    """Result of :func:`beta_vae_identity` (docs/theory.md C6)."""
 
     constant: sp.Expr  # β-ELBO(γ²) − β·ELBO(γ²/β)
     claimed: sp.Expr  # n/2 log(γ²/2π) − βn/2 log(γ²/(2πβ))

@@ -1,4 +1,4 @@
-"""Small-ε expansions of log p_γ(x), ELBO*(x), the gap and the optimal encoder (THEORY.md C7–C11, C14, C16).
+"""Small-ε expansions of log p_γ(x), ELBO*(x), the gap and the optimal encoder (docs/theory.md C7–C11, C14, C16).
 
 Method (scaled coordinates; see docs/derivations_method.md).  Write ε = γ⁻², h = √ε,
 x = f(z0), J = ∂f/∂z(z0) (n x d), M = JᵀJ, ℓ the log prior, g = ∇ℓ(z0), Hℓ = ∇²ℓ(z0),
@@ -24,7 +24,7 @@ P1 = Jw, P2_i = ½ wᵀT2_i w, P3_i = ⅙ T3_i[w, w, w].  Then
 * Full covariance (C14): S* = M⁻¹, so the gap tends to 0; its ε-coefficient is computed too.
 
 The expansion is local: it assumes f is injective (z0 is the only preimage of x) with J(z0) of
-full column rank; for a non-injective decoder (THEORY.md N1) it describes one posterior mode.
+full column rank; for a non-injective decoder (docs/theory.md N1) it describes one posterior mode.
 
 Everything is derived once per (n, d) in terms of Taylor-coefficient symbols (in this process,
 kept in memory, never cached on disk: see :func:`generic_formulas`), then the exact
@@ -164,7 +164,7 @@ def _taylor_series(
 
 @lru_cache(maxsize=16)
 def generic_formulas(n: int, d: int) -> GenericFormulas:
-    """The generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16), derived by
+    """The generic ε-expansion for an (n, d) decoder (docs/theory.md C9, C10, C16), derived by
     :func:`derive_generic_formulas` in this process and kept in memory (``lru_cache``; call
     ``generic_formulas.cache_clear()`` after changing a module the derivation uses).
 
@@ -181,7 +181,7 @@ def generic_formulas(n: int, d: int) -> GenericFormulas:
 
 
 def derive_generic_formulas(n: int, d: int) -> GenericFormulas:
-    """Derive the generic ε-expansion for an (n, d) decoder (THEORY.md C9, C10, C16)."""
+    """Derive the generic ε-expansion for an (n, d) decoder (docs/theory.md C9, C10, C16)."""
     if n < d or d < 1:
         raise ValueError(f"need n >= d >= 1, got n={n}, d={d}")
     J = sp.Matrix(n, d, lambda i, a: sp.Symbol(f"J_{i + 1}{a + 1}", real=True))
@@ -431,7 +431,7 @@ def _n30(expr: sp.Expr) -> float:
 
 @dataclass(frozen=True)
 class Expansion:
-    """ε-expansion of the gap, optimal encoder, log p and ELBO* at x = f(z0) (THEORY.md C7–C11, C14, C16).
+    """ε-expansion of the gap, optimal encoder, log p and ELBO* at x = f(z0) (docs/theory.md C7–C11, C14, C16).
 
     * gap = log p_γ(x) − ELBO*(x) = c_ima + a1 ε + O(ε²)                         (C11, C16)
     * μ* = z0 + mu1 ε + O(ε²)                                                    (C7, C16)
@@ -469,7 +469,7 @@ class Expansion:
         return {
             "gap": [_n30(self.c_ima), _n30(self.a1)],
             "mu_star": [fl(self.point), fl(self.mu1)],
-            "s2_star": [fl(self.s1), fl(self.s2)],
+            "s_star": [fl(self.s1), fl(self.s2)],
             "log_px": fl(self.log_px),
             "elbo_star": fl(self.elbo_star),
             "full_cov_gap": [_n30(self.full_cov_gap0), _n30(self.full_cov_a1)],
@@ -621,7 +621,7 @@ def _expand_core(
 
 
 def expand_at(model: SymbolicModel, point: Sequence[Any], log_normalizer: float | sp.Expr = 0) -> Expansion:
-    """The ε-expansion (THEORY.md C7–C11, C14, C16) of ``model`` at x = f(z0), z0 = ``point``.
+    """The ε-expansion (docs/theory.md C7–C11, C14, C16) of ``model`` at x = f(z0), z0 = ``point``.
 
     ``point`` entries are converted to exact rationals (floats, also numpy and sympy floats, via
     their shortest repr; sympy expressions such as ``sp.sqrt(2)`` are kept as they are).
@@ -689,7 +689,7 @@ class RefinedVarianceComparison:
 
 
 def refined_variance_comparison(exp: Expansion) -> RefinedVarianceComparison:
-    """Compare ``exp.s2`` with ``exp.refined_s2`` (THEORY.md C8): equal for linear decoders only."""
+    """Compare ``exp.s2`` with ``exp.refined_s2`` (docs/theory.md C8): equal for linear decoders only."""
     gens = tuple(exp.point) + tuple(exp.atoms)
     diffs = tuple(_tidy(a - b, exp.symbolic, gens) if exp.symbolic else sp.sympify(a - b) for a, b in zip(exp.s2, exp.refined_s2))
     eq = all(_vanishes(dd) for dd in diffs)

@@ -6,7 +6,7 @@ For ``u ~ N(0, Σ)`` in ``R^d`` and a multi-index ``α`` with ``|α| = 2m``,
 
 which is the coefficient form of the moment generating function ``E[exp(tᵀu)] = exp(½ tᵀΣt)``;
 odd moments vanish.  ``Σ`` may hold symbols (generic formulas) or numbers.  Used for the
-Laplace-type expansions of THEORY.md claims C9–C11, C14, C16.
+Laplace-type expansions of docs/theory.md claims C9–C11, C14, C16.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Safe parsing of TOML model specs into symbolic models (THEORY.md, "Model and notation").
+"""Safe parsing of TOML model specs into symbolic models (docs/theory.md, "Model and notation").
 
 A spec is *data, never code*.  ``sympify`` evaluates strings with ``eval``, so no user string
 ever reaches it: every expression is parsed with :mod:`ast`, checked node by node against a
@@ -165,7 +165,7 @@ PRIOR_VARIABLE = sp.Symbol("t", real=True)
 
 @dataclass(frozen=True)
 class SymbolicPrior1D:
-    """One factor p_k of the factorized prior p0(z) = prod_k p_k(z_k) (THEORY.md).
+    """One factor p_k of the factorized prior p0(z) = prod_k p_k(z_k) (docs/theory.md).
 
     ``logpdf`` is ℓ_k as a sympy expression in :data:`PRIOR_VARIABLE`.  ``normalized`` says
     whether ``exp(logpdf)`` integrates to one; a user-given log-density is not, and its
@@ -262,7 +262,7 @@ def latent_symbols(d: int) -> tuple[sp.Symbol, ...]:
 
 @dataclass(frozen=True)
 class SymbolicModel:
-    """Decoder mean f: R^d -> R^n and factorized prior p0, as sympy objects (THEORY.md notation).
+    """Decoder mean f: R^d -> R^n and factorized prior p0, as sympy objects (docs/theory.md notation).
 
     ``decoder`` is an n x 1 matrix of expressions in ``latents``; ``priors`` holds one factor
     per latent coordinate; ``gamma2`` are decoder precisions γ² and ``points`` latent points z0

@@ -1,4 +1,4 @@
-"""Exact statements (THEORY.md C1–C6) in theory/exact.py."""
+"""Exact statements (docs/theory.md C1–C6) in theory/exact.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ε-expansions (THEORY.md C7–C11, C14, C16) in theory/expansions.py.
+"""ε-expansions (docs/theory.md C7–C11, C14, C16) in theory/expansions.py.
 
 Three independent checks of the symbolic results:
 1. exact closed forms of the linear-Gaussian model (C5), series-expanded by sympy;
@@ -245,7 +245,7 @@ def test_expansion_matches_brute_force(name, decoder, prior, latents) -> None:
         mu = bf.fit(b.eps, b.m[:, k], FIT_DEG)
         assert close(mu[0], f["mu_star"][1][k]), (k, mu[0], f["mu_star"][1][k])
         s = bf.fit(b.eps, b.t[:, k], FIT_DEG)
-        assert close(s[0], f["s2_star"][0][k]) and close(s[1], f["s2_star"][1][k]), (k, s[:2], f["s2_star"])
+        assert close(s[0], f["s_star"][0][k]) and close(s[1], f["s_star"][1][k]), (k, s[:2], f["s_star"])
     # C7: μ* − z0 = O(ε) and ‖f(μ*) − x‖ → 0 (μ* = z0 + ε m with m bounded)
     assert np.all(np.abs(b.m) < 10)
 
@@ -323,8 +323,8 @@ def test_as_floats_and_latex() -> None:
     e = expand_at(model(EMBED, '"logistic"'), ["0.3", -0.5])
     f = e.as_floats()
     json.dumps(f)
-    assert set(f) >= {"gap", "mu_star", "s2_star", "log_px", "elbo_star"}
-    assert f["mu_star"][0] == [0.3, -0.5] and len(f["s2_star"]) == 2
+    assert set(f) >= {"gap", "mu_star", "s_star", "log_px", "elbo_star"}
+    assert f["mu_star"][0] == [0.3, -0.5] and len(f["s_star"]) == 2
     assert all(isinstance(x, float) for x in f["gap"] + f["log_px"] + f["elbo_star"])
     assert e.latex().startswith("\\begin{align*}")
     with pytest.raises(ValueError):

@@ -112,6 +112,42 @@ def symbolic_a1(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(ex, "expand_at", lambda *a, **k: dataclasses.replace(real(*a, **k), a1=real(*a, **k).a1 * sp_rational(101, 100)))
 
 
+def moments_wrong(mp: pytest.MonkeyPatch) -> None:
+    import sympy as sp
+
+    import theory.moments as moments
+
+    real = moments.gaussian_moment
+
+    def wrong(alpha, cov):
+        val = real(alpha, cov)
+        return val * sp.Rational(101, 100) if tuple(alpha) in ((4, 2), (2, 4)) else val
+
+    mp.setattr(moments, "gaussian_moment", wrong)
+
+
+def taylor_sixth_to_fifth(mp: pytest.MonkeyPatch) -> None:
+    import sympy as sp
+
+    import theory.expansions as ex
+
+    real = ex._taylor_series
+
+    def wrong(*a, **k):
+        P1, P2, P3 = real(*a, **k)
+        return [P1, P2, [[sp.Rational(6, 5) * x for x in p] for p in P3]]  # ⅕ instead of ⅙ in the cubic term
+
+    mp.setattr(ex, "_taylor_series", wrong)
+
+
+def _clear_symbolic_caches() -> None:
+    import theory.expansions as ex
+    import theory.moments as moments
+
+    ex.generic_formulas.cache_clear()
+    moments._mgf_power_coefficients.cache_clear()
+
+
 def sp_rational(p: int, q: int):
     import sympy as sp
 
@@ -130,15 +166,22 @@ MUTATIONS = [
     Mutation("encoder_variance_x1.001", "the optimal encoder variances s* multiplied by 1 + 1e-3", encoder_variance, ("C8", "C16")),
     Mutation("prior_plus_1e-3", "the logistic prior's log-density shifted by 1e-3 (a wrong normalizing constant)",
              prior_offset, ("C9", "C10")),
+    Mutation("moments_x1.01", "the (4,2)/(2,4) Gaussian moments of theory.moments 1 % wrong (derived in process: no cache can "
+             "keep the correct formulas)", moments_wrong, ("C16",)),
+    Mutation("taylor_sixth_to_fifth", "⅕ instead of ⅙ in the cubic Taylor term of the derivation", taylor_sixth_to_fifth, ("C16",)),
     Mutation("biased_elbo_matching_error", "ELBO* biased by 1e-4·ε with its error estimate grown to match",
              biased_elbo_with_matching_error, ("C5", "C16")),
 ]
 
 
 def _rejected(m: Mutation, mode: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    with monkeypatch.context() as mp:
-        m.apply(mp)
-        report, _ = run_verify(list(m.caught_by), mode=mode, show_progress=False)
+    _clear_symbolic_caches()
+    try:
+        with monkeypatch.context() as mp:
+            m.apply(mp)
+            report, _ = run_verify(list(m.caught_by), mode=mode, show_progress=False)
+    finally:
+        _clear_symbolic_caches()  # nothing derived under the mutation survives it
     crashed = [e["id"] for e in report["claims"] if e["status"] == "error"]
     assert not crashed, f"{m.name}: claims {crashed} crashed instead of rejecting the fault"
     return [e["id"] for e in report["claims"] if e["status"] == "failed"]

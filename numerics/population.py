@@ -1,12 +1,12 @@
-"""Population-level objectives over a data distribution (THEORY C17).
+"""Population-level objectives over a data distribution (docs/theory.md, claim C17).
 
-For data x ~ p_γ(x; f) — z ~ p0, x = f(z) + γ⁻¹ ξ, ξ ~ N(0, I_n), the decoder likelihood of
-THEORY.md *with* its observation noise — and candidate decoders f_θ (with f_0 = f), this module
+For data x ~ p_γ(x; f) — z ~ p0, x = f(z) + γ⁻¹ ξ, ξ ~ N(0, I_n), the decoder likelihood
+*with* its observation noise — and candidate decoders f_θ (with f_0 = f), this module
 estimates
 
     L(θ) = E_x[log p_γ(x; f_θ)]          (population log-likelihood, the negative cross-entropy)
     E(θ) = E_x[ELBO*(x; f_θ)]            (population ELBO*, mean-field Gaussian encoder)
-    E_full(θ) = E_x[sup_{μ,Σ} ELBO(x; μ, Σ; f_θ)]   (full-covariance encoder, THEORY C14)
+    E_full(θ) = E_x[sup_{μ,Σ} ELBO(x; μ, Σ; f_θ)]   (full-covariance encoder, claim C14)
 
 by Monte Carlo over x, each x scored *exactly* (Gauss–Hermite log p and ELBO* from
 :mod:`numerics.posterior` and :mod:`numerics.elbo`, quadrature errors ~1e-12).  The same x
@@ -265,8 +265,8 @@ class PopulationObjectives:
     def unpaired_se(self, key: str, j: int) -> float:
         """The SE the same difference would have with independent samples for the two
         candidates: √(SE_ref² + SE_j²)."""
-        a = group_mean(*self._rows(key, self.reference)[:1], self.groups)
-        b = group_mean(*self._rows(key, j)[:1], self.groups)
+        a = group_mean(self._rows(key, self.reference)[0], self.groups)
+        b = group_mean(self._rows(key, j)[0], self.groups)
         return math.hypot(a.se, b.se)
 
     def restrict(self, rows: np.ndarray) -> "PopulationObjectives":
@@ -291,6 +291,16 @@ class PopulationObjectives:
             diffs.append(row)
         out["differences_to_reference"] = diffs
         return out
+
+
+def _converged(est: Any) -> bool:
+    """Whether an estimate's quadrature refinement met its tolerance (the flag is in the
+    estimate's ``diagnostics`` or ``info`` dict, or an attribute ``converged``)."""
+    for attr in ("diagnostics", "info"):
+        d = getattr(est, attr, None)
+        if isinstance(d, dict) and "converged" in d:
+            return bool(d["converged"])
+    return bool(getattr(est, "converged"))
 
 
 def _renumber(groups: np.ndarray) -> np.ndarray:
@@ -410,12 +420,12 @@ def population_objectives(
                         lp = log_marginal_gh(m, pm)
                         cols["lp"].append(lp.value + div)
                         cols["lpe"].append(lp.error)
-                        not_conv += int(not lp.info["converged"])
+                        not_conv += int(not _converged(lp))
                 if elbo:
                     for st in elbo_star(m, posts):
                         cols["el"].append(st.value + div)
                         cols["ele"].append(st.error)
-                        not_conv += int(not st.converged)
+                        not_conv += int(not _converged(st))
                 if full_cov:
                     for est in elbo_star_fullcov(m, posts):
                         cols["ef"].append(est.value + div)

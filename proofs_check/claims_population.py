@@ -1,4 +1,4 @@
-"""Claim C17, population-level identifiability (THEORY C17): the abstract's "inductive bias
+"""Claim C17, population-level identifiability (docs/theory.md): the abstract's "inductive bias
 towards decoders with column-orthogonal Jacobians", checked exactly at the population level.
 
 Data x ~ p_γ(x; f) *with* the observation noise (z ~ p0, x = f(z) + γ⁻¹ξ).  Candidates
@@ -37,6 +37,7 @@ reported quadrature errors, never wider than the caps in the claim record (SE_CA
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from numerics.jacobian import c_ima_from_jacobian, jacobian
 from numerics.models import Model
@@ -174,6 +176,9 @@ def family_data(ctx: Context, family: str, unpaired: bool = False) -> FamilyData
     gmax = max(sz.gamma2s)
     full_cov = family == "ima"
     objectives: dict[float, PopulationObjectives] = {}
+    # progress over the (γ², θ) evaluations; tqdm hides it when stderr is not a terminal
+    bar = tqdm(total=len(sz.gamma2s) * len(cands), desc=f"C17 {family}{' (unpaired)' if unpaired else ''}", unit="eval",
+               file=sys.stderr, leave=False, disable=None)
     for g2 in sz.gamma2s:
         rows = np.arange(len(groups)) if g2 == gmax else small_rows
         parts = []
@@ -189,7 +194,9 @@ def family_data(ctx: Context, family: str, unpaired: bool = False) -> FamilyData
                 ctx.cache[ck] = population_objectives([cand], X, g2, groups=groups[rows], z_init=dr.Z[idx] @ R,
                                                       search=g2 < SEARCH_BELOW, full_cov=full_cov, seed=s)
             parts.append(ctx.cache[ck])
+            bar.update(1)
         objectives[g2] = stack_candidates(parts)
+    bar.close()
     small = {g2: (po.restrict(small_rows) if g2 == gmax else po) for g2, po in objectives.items()}
     # per-row predicted margin Δc_i = c_IMA(f_θ, u_i) − c_IMA(f, z_i), u_i = R_θᵀ z_i (small rows)
     dc = []

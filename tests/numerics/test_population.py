@@ -1,7 +1,7 @@
 """numerics.population: population objectives L(θ) = E_x log p_γ(x; f_θ), E(θ) = E_x ELBO*(x; f_θ)
-over x ~ p_γ(x; f) with paired Monte Carlo (THEORY C17).
+over x ~ p_γ(x; f) with paired Monte Carlo (claim C17).
 
-Linear–Gaussian closed form (THEORY C5), f(z) = A z, p0 = N(0, I), candidates A R_θ:
+Linear–Gaussian closed form (claim C5), f(z) = A z, p0 = N(0, I), candidates A R_θ:
 
     p_γ(x; A R_θ) = N(x; 0, Σ),  Σ = A Aᵀ + γ⁻² I_n   (the same for every θ: R_θ R_θᵀ = I),
     ELBO*(x; A R_θ) = log p_γ(x) − gap_θ,  gap_θ = ½(Σ_k log Λ_kk − log det Λ),  Λ = I + γ² R_θᵀAᵀA R_θ,

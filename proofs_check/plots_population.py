@@ -56,7 +56,9 @@ def fig_population(ctx: Context, out: Path) -> list[str]:
     """Draw the C17 figure into ``out`` (population.png, population.svg); returns both paths."""
     plt = _mpl()
     fams = list(FAMILIES)
-    fig, axes = plt.subplots(2, len(fams), figsize=(4.6 * len(fams), 8.2))
+    n_g2 = len(sizes(ctx).gamma2s)
+    # constrained layout keeps the legends (below each axes, off the data) inside the figure
+    fig, axes = plt.subplots(2, len(fams), figsize=(4.6 * len(fams), 7.4 + 0.16 * n_g2), layout="constrained")
     num_curve = max(4096, sizes(ctx).contrast_samples // 4)
     cmap = plt.get_cmap("viridis")
     for col, fam in enumerate(fams):
@@ -90,7 +92,7 @@ def fig_population(ctx: Context, out: Path) -> list[str]:
             v = -np.array([d.value for d in dE])
             s = np.array([d.se for d in dE])
             color = cmap(0.15 + 0.7 * i / max(1, len(g2s) - 1))
-            ax2.plot(th, v, "o-", ms=3, color=color, label=rf"$E(\theta)-E(0)$, $\gamma^2$ = {g2:g} ({dE[0].num_groups} groups)")
+            ax2.plot(th, v, "o-", ms=3, color=color, label=rf"$E(\theta)-E(0)$, $\gamma^2$ = {g2:.3g} ({dE[0].num_groups} groups)")
             ax2.fill_between(th, v - s, v + s, color=color, alpha=0.15)
         dL = np.array([-po.diff("L", k).value for k in range(len(th))])
         ax2.plot(th, dL, "s:", ms=3, color="tab:red", label=rf"$L(\theta)-L(0)$, $\gamma^2$ = {gmax:g}")
@@ -103,7 +105,6 @@ def fig_population(ctx: Context, out: Path) -> list[str]:
         ax2.set_title("differences to θ = 0 (band: ± 1 paired s.e.)", fontsize=8)
         ax2.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     fig.suptitle("C17: population objectives of the rotated decoders f∘R_θ (standard Gaussian prior, x ~ p_γ(x; f) with noise)", fontsize=10)
-    fig.tight_layout()
     paths = _save(fig, out, "population")
     plt.close(fig)
     return paths

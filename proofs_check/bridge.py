@@ -14,16 +14,7 @@ import mpmath
 import sympy as sp
 import torch
 
-from numerics.models import (
-    CallableDecoder,
-    ExpressionPrior1D,
-    GaussianPrior1D,
-    LogisticPrior1D,
-    Model,
-    Prior,
-    Prior1D,
-    StudentTPrior1D,
-)
+from numerics.models import CallableDecoder, ExpressionPrior1D, GaussianPrior1D, LogisticPrior1D, Model, Prior, Prior1D, StudentTPrior1D
 from theory.functions import backend_functions, by_node, lambdify
 from theory.spec import PRIOR_VARIABLE, SpecError, SymbolicModel, SymbolicPrior1D
 

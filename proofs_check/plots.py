@@ -167,6 +167,8 @@ def planned_figures(report: dict[str, Any]) -> list[str]:
         out.append("self_consistency")
     if order_rows(report):
         out.append("orders")
+    if "C17" in ids:
+        out.append("population")
     return out
 
 
@@ -418,12 +420,19 @@ def make_figures(report: dict[str, Any], ctx: Context, out: Path, progress: bool
     plt = _mpl()
     out = Path(out)
     plan = planned_figures(report)
-    steps = {"gap": len(GAP_PANELS) + 1, "self_consistency": len(SC_MODELS) + 1, "orders": 1}
+    steps = {"gap": len(GAP_PANELS) + 1, "self_consistency": len(SC_MODELS) + 1, "orders": 1, "population": 1}
     paths: list[str] = []
     with tqdm(total=sum(steps[p] for p in plan), desc="gapcheck figures", unit="step", file=sys.stderr,
               disable=not progress, leave=True) as bar:
         prog = Progress(bar if progress else None)
         for stem in plan:
+            if stem == "population":  # C17's figure (proofs_check.plots_population) saves itself
+                from .plots_population import fig_population
+
+                prog.start("population (C17)")
+                paths += fig_population(ctx, out)
+                prog.done()
+                continue
             if stem == "gap":
                 fig = gap_figure(report, ctx, prog)
             elif stem == "self_consistency":

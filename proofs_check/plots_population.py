@@ -1,5 +1,5 @@
 """The C17 figure (PNG and SVG): population objectives L(θ) and E(θ) of the rotated family
-f∘R_θ against θ, for the three families of proofs_check.claims_population.
+f∘R_θ against θ, for the three families of proofs_check.checks.population.
 
 Top row: the absolute values L(θ), E(θ) (and E_full(θ) for the IMA family) at the largest γ²,
 each with its ± 1 standard error band (Monte Carlo over x; the bands are wide because they
@@ -20,7 +20,7 @@ import torch
 from numerics.jacobian import c_ima_from_jacobian, jacobian
 from numerics.population import group_mean, rotation_matrix
 
-from .claims_population import FAMILIES, family_data, family_model, sizes
+from .checks.population import FAMILIES, family_data, family_model, sizes
 from .context import Context
 from .plots import _mpl, _save
 

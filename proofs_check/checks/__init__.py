@@ -1,8 +1,9 @@
-"""The claims of docs/theory.md (C1–C16) and the negative controls (N1, N2) as registry records.
+"""The claims of docs/theory.md (C1–C17) and the negative controls (N1, N2) as registry records.
 
 - :mod:`.evidence`: the vocabulary of evidence (tolerance-carrying comparisons);
 - :mod:`.faults`: planted faults as named ingredients;
-- :mod:`.exact` (C1–C6), :mod:`.asymptotic` (C7–C16), :mod:`.controls` (N1, N2): the records.
+- :mod:`.exact` (C1–C6), :mod:`.asymptotic` (C7–C16), :mod:`.population` (C17),
+  :mod:`.controls` (N1, N2): the records.
 
 Importing this package registers every record in :data:`proofs_check.registry.REGISTRY`.
 """
@@ -10,7 +11,7 @@ Importing this package registers every record in :data:`proofs_check.registry.RE
 from __future__ import annotations
 
 from ..registry import REGISTRY, Claim
-from . import asymptotic, controls, exact  # noqa: F401  (register the records)
+from . import asymptotic, controls, exact, population  # noqa: F401  (register the records)
 
 __all__ = ["all_claims", "get_claim"]
 

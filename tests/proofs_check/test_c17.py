@@ -1,4 +1,4 @@
-"""Claim C17 (population-level identifiability, proofs_check.claims_population) in --quick mode:
+"""Claim C17 (population-level identifiability, proofs_check.checks.population) in --quick mode:
 the check passes, each planted fault is rejected by the checks it targets, the mode-search
 shortcut from SEARCH_BELOW on loses no posterior mode, and the figure is drawn."""
 
@@ -17,20 +17,11 @@ from proofs_check.registry import REGISTRY
 
 @pytest.fixture(scope="module")
 def c17():
-    """Import proofs_check.claims_population (registering C17) for this module; if C17 was not
-    registered before (all_claims() does not import the module yet), unregister it afterwards
-    so that the registry-completeness tests of other modules see the registry unchanged."""
-    registered_before = "C17" in REGISTRY
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    import proofs_check.claims_population as cp
+    """The C17 module (registered with the other claims by proofs_check.checks)."""
+    import proofs_check.checks.population as cp
 
-    if "C17" not in REGISTRY:  # imported earlier and unregistered by a previous run of this fixture
-        REGISTRY["C17"] = cp.CLAIM_RECORD
-    yield cp
-    torch.set_num_threads(old)
-    if not registered_before:
-        REGISTRY.pop("C17", None)
+    assert "C17" in REGISTRY
+    return cp
 
 
 @pytest.fixture(scope="module")

@@ -61,10 +61,10 @@ from numerics.population import (
 )
 from theory.spec import loads_spec
 
-from .bridge import numeric_model
-from .claims import order_check
-from .context import BUILTIN_MODELS, Context
-from .registry import REGISTRY, CheckResult, claim, within
+from ..bridge import numeric_model
+from ..context import BUILTIN_MODELS, Context
+from ..registry import REGISTRY, CheckResult, claim, within
+from .evidence import order_check
 
 Results = list[CheckResult]
 

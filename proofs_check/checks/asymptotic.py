@@ -448,9 +448,11 @@ def _spurious_checks(label: str, res_f: list[PointResult], res_s: list[PointResu
     """Same x; log p identical at every γ² (to the error estimates); ELBO*(f) − ELBO*(f_s) →
     ``pred`` at rate ε."""
     dx = max(abs(a - b) for a, b in zip(res_f[0].x, res_s[0].x))
-    dlp = max(abs(a.log_px.value - b.log_px.value) - (a.log_px.error + b.log_px.error) for a, b in zip(res_f, res_s))
-    out = [within(f"{label}: log p identical for every γ² (|difference| minus error estimates)", "numerical", max(dlp, 0.0), 0.0,
-                  "the reported quadrature error estimates", same_x=dx),
+    dlp = max(abs(a.log_px.value - b.log_px.value) for a, b in zip(res_f, res_s))
+    tol = min(max(a.log_px.error + b.log_px.error for a, b in zip(res_f, res_s)), 1e-9)
+    out = [within(f"{label}: log p identical for every γ² (largest |difference| over the sweep)", "numerical", dlp, tol,
+                  "the two reported quadrature errors (largest over the sweep), capped at 1e-9 (the stated 1e-11 accuracy "
+                  "of log p at γ² ≤ 1e8, with margin)", same_x=dx),
            within(f"{label}: the two latents map to the same x", "numerical", dx, 1e-14, "float64 evaluation of f (|x| ≤ 3)")]
     eps = np.array([r.eps for r in res_f])
     diff = np.array([a.elbo_star.value - b.elbo_star.value for a, b in zip(res_f, res_s)])

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ve = sub.add_parser(
         "verify",
-        help="check every claim of docs/theory.md (C1-C16, N1-N2) and write a report",
+        help="check every claim of docs/theory.md (C1-C17, N1-N2) and write a report",
         description="Check the claims of docs/theory.md with symbolic, numerical (error bars, fitted convergence orders) and "
         "property-based evidence; plant a fault for each claim and require that it is rejected. Writes report.md, "
         "report.json and figures (PNG and SVG) to --out. Exits 1 when a claim fails or a planted fault is accepted.",

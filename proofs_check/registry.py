@@ -1,4 +1,4 @@
-"""The claims registry: each claim of docs/theory.md (C1–C16) and each negative control (N1, N2)
+"""The claims registry: each claim of docs/theory.md (C1–C17) and each negative control (N1, N2)
 is one small declarative :class:`Claim` record.  Adding a claim is adding one record.
 
 A check is a function ``check(ctx, fault) -> list[CheckResult]``.  With ``fault=None`` it

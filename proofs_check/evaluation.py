@@ -7,9 +7,10 @@ spec (theory.spec) and the symbolic predictions (theory.expansions) and returns 
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -65,20 +66,44 @@ class Evaluation:
         return cols
 
 
+#: Latent points evaluated together (all their γ² at once): bounds memory for specs with many points.
+POINT_CHUNK = 32
+
+
 def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = True, log_px_method: str = "gh",
-                  is_samples: int = 65536, seed: int = 0) -> Evaluation:
-    """Run `gapcheck evaluate` on a parsed spec; raises SpecError/ModelError on bad input."""
+                  is_samples: int = 65536, seed: int = 0, progress: bool = False,
+                  on_result: Callable[[PointResult], None] | None = None, chunk: int = POINT_CHUNK) -> Evaluation:
+    """Run `gapcheck evaluate` on a parsed spec; raises SpecError/ModelError on bad input.
+
+    The latent points are evaluated ``chunk`` at a time (every γ² of a point in one batch), so
+    memory does not grow with the number of points; ``on_result`` is called with each result as
+    soon as its chunk is done (streaming, e.g. JSON Lines), and ``progress`` shows a tqdm bar
+    over the points on stderr."""
     if not sym.gamma2:
         raise SpecError("spec has no 'gamma2' (a list of decoder precisions γ² > 0)")
     if not sym.points:
         raise SpecError("spec has no 'latents' (a list of points z0 at which x = f(z0) is evaluated)")
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
     dev = resolve_device(device)
     t0 = time.perf_counter()
     model = numeric_model(sym)
     pts = [point_tensor(p, dev) for p in sym.points]
-    results = evaluate_points(model, pts, list(sym.gamma2), log_px_method=log_px_method, is_samples=is_samples, seed=seed)
-    if predictions:
-        attach_predictions(sym, results, log_normalizer=sum(log_normalizers(model)))
+    log_norm = sum(log_normalizers(model))
+    results: list[PointResult] = []
+    from tqdm import tqdm
+
+    with tqdm(total=len(pts), desc=f"evaluate {sym.name}", unit="point", file=sys.stderr, disable=not progress, leave=False) as bar:
+        for i in range(0, len(pts), chunk):
+            part = evaluate_points(model, pts[i:i + chunk], list(sym.gamma2), log_px_method=log_px_method,
+                                   is_samples=is_samples, seed=seed)
+            if predictions:
+                attach_predictions(sym, part, log_normalizer=log_norm)
+            for r in part:
+                if on_result is not None:
+                    on_result(r)
+            results += part
+            bar.update(len(pts[i:i + chunk]))
     return Evaluation(sym, results, time.perf_counter() - t0, str(dev))
 
 

@@ -26,7 +26,10 @@ share their initialization and their minibatch/noise stream across γ² (common 
 Optimizer: Adam (β1 = 0.9, β2 = 0.999, ε_Adam = 1e-8, bias-corrected) with a cosine learning
 rate schedule lr_t = lr_end + (lr − lr_end)·(1 + cos(π t / T))/2 over the T training steps.
 Networks: tanh MLPs (smooth, so the learned decoder has the C³ Jacobians the theory and the
-exact quadrature need), Xavier-normal weights, zero biases.  float64 throughout.
+exact quadrature need), Xavier-normal weights, zero biases.  float64 throughout.  Fixed
+standardization with each run's training-data mean m and per-coordinate standard deviation σ_x:
+the encoder sees (x − m)/σ_x, and a learned decoder is f(z) = m + σ_x ⊙ MLP(z) (both are
+constants, not trained; they only condition the optimization).
 
 Checkpoints: every ``chunk`` steps the state (parameters, Adam moments, step, loss history) is
 written with ``torch.save`` as a dict of plain tensors, ints and strings, and read back with
@@ -96,6 +99,8 @@ def _seed_int(*parts: int) -> int:
 
 
 _TAG_INIT, _TAG_BATCH = 1, 2
+#: Version of the training code in checkpoint fingerprints: a checkpoint of another version is not resumed.
+STATE_VERSION = 2
 
 
 def lr_at(cfg: VAEConfig, step: int) -> float:
@@ -134,8 +139,9 @@ class LearnedDecoder(Decoder):
     """One run's learned MLP decoder as an ordinary :class:`Decoder` (shape (..., d) -> (..., n),
     torch operations only, so ``numerics.jacobian`` and the exact ELBO* apply to it)."""
 
-    def __init__(self, layers: Sequence[tuple[Tensor, Tensor]], name: str = "learned") -> None:
+    def __init__(self, layers: Sequence[tuple[Tensor, Tensor]], shift: Tensor, scale: Tensor, name: str = "learned") -> None:
         self.layers = [(W.detach().clone(), b.detach().clone()) for W, b in layers]
+        self.shift, self.scale = shift.detach().clone(), scale.detach().clone()
         self.d = int(self.layers[0][0].shape[1])
         self.n = int(self.layers[-1][0].shape[0])
         self.name = name
@@ -148,7 +154,7 @@ class LearnedDecoder(Decoder):
             h = h @ W.T + b
             if i < len(self.layers) - 1:
                 h = torch.tanh(h)
-        return h
+        return self.shift.to(h) + self.scale.to(h) * h
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,6 +215,8 @@ class TrainedVAE:
     decoder_layers: Layers | None
     fixed_decoder: Decoder | None
     loss_history: Tensor
+    x_shift: Tensor  # (R, n) training-data mean per run
+    x_scale: Tensor  # (R, n) training-data standard deviation per run
     seconds: float = 0.0
     resumed_from: int = 0
     extra: dict = field(default_factory=dict)
@@ -220,7 +228,7 @@ class TrainedVAE:
     def decode(self, z: Tensor) -> Tensor:
         """f_r(z_r) for z of shape (R, B, d)."""
         if self.decoder_layers is not None:
-            return mlp_apply(self.decoder_layers, z)
+            return self.x_shift[:, None] + self.x_scale[:, None] * mlp_apply(self.decoder_layers, z)
         assert self.fixed_decoder is not None
         return self.fixed_decoder(z)
 
@@ -230,7 +238,8 @@ class TrainedVAE:
         returns tensors (R, M, d)."""
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.runs, -1, -1)
-        out = mlp_apply(self.encoder, x.to(self.encoder[0][0]))
+        x = x.to(self.encoder[0][0])
+        out = mlp_apply(self.encoder, (x - self.x_shift[:, None]) / self.x_scale[:, None])
         d = self.cfg.d
         return out[..., :d], torch.exp(out[..., d:])
 
@@ -239,7 +248,7 @@ class TrainedVAE:
         if self.decoder_layers is None:
             assert self.fixed_decoder is not None
             return self.fixed_decoder
-        return LearnedDecoder([(W[r], b[r]) for W, b in self.decoder_layers],
+        return LearnedDecoder([(W[r], b[r]) for W, b in self.decoder_layers], self.x_shift[r], self.x_scale[r],
                               name=f"learned(γ²={float(self.gamma2s[r]):g}, seed={self.seeds[r]})")
 
     def model(self, r: int) -> Model:
@@ -287,6 +296,10 @@ def train_vae(
     if not bool(torch.isfinite(data).all()):
         raise ModelError("train_vae: the training data are not finite")
     N = data.shape[1]
+    if N < 2:
+        raise ModelError("train_vae: need at least 2 training points")
+    shift = data.mean(1)
+    scale = data.std(1).clamp_min(1e-12)
     seeds = [int(s) for s in seeds]
     g2 = torch.tensor([float(g) for g in gamma2s], dtype=DTYPE, device=device)
 
@@ -298,7 +311,7 @@ def train_vae(
     step = 0
     n_chunks = math.ceil(cfg.steps / cfg.chunk)
     hist = torch.full((R, n_chunks), float("nan"), dtype=DTYPE)
-    fp = f"{cfg.fingerprint()}|{prior.name}|{getattr(decoder, 'name', 'learned')}|{[float(g) for g in gamma2s]}|{seeds}|{data_fingerprint(data)}"
+    fp = f"v{STATE_VERSION}|{cfg.fingerprint()}|{prior.name}|{getattr(decoder, 'name', 'learned')}|{[float(g) for g in gamma2s]}|{seeds}|{data_fingerprint(data)}"
     resumed = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -326,9 +339,9 @@ def train_vae(
             params = [p.detach().requires_grad_(True) for p in flat]
             e_l, d_l = _unflatten(params, n_enc, n_dec)
             xb = data[ar, idx_all[:, j]]  # (R, B, n)
-            out = mlp_apply(e_l, xb)
+            out = mlp_apply(e_l, (xb - shift[:, None]) / scale[:, None])
             mu, log_s = out[..., : cfg.d], out[..., cfg.d :]
-            decode = (lambda z: mlp_apply(d_l, z)) if d_l is not None else decoder
+            decode = (lambda z: shift[:, None] + scale[:, None] * mlp_apply(d_l, z)) if d_l is not None else decoder
             elbo = elbo_reparam(decode, prior, xb, g2[:, None], mu, log_s, xi_all[:, j])
             per_run = -elbo.mean(1)
             grads = torch.autograd.grad(per_run.sum(), params)
@@ -352,7 +365,7 @@ def train_vae(
             _save_state(Path(checkpoint), {"fingerprint": fp, "params": [p.cpu() for p in flat], "m": [t.cpu() for t in m],
                                            "v": [t.cpu() for t in v], "step": step, "history": hist})
     enc, dec = _unflatten([p.detach() for p in flat], n_enc, n_dec)
-    return TrainedVAE(cfg, prior, g2, seeds, enc, dec, decoder, hist, time.perf_counter() - t0, resumed)
+    return TrainedVAE(cfg, prior, g2, seeds, enc, dec, decoder, hist, shift, scale, time.perf_counter() - t0, resumed)
 
 
 def _save_state(path: Path, state: dict) -> None:

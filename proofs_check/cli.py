@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--markdown", action="store_true", help="print a Markdown claims table (docs/claims.md)")
     cl.add_argument("--report", metavar="JSON", help="with --markdown: take evidence and status from a verify report.json")
     cl.set_defaults(func=cmd_claims)
+
+    from .experiments import add_experiment_parser
+
+    add_experiment_parser(sub)
     return p
 
 

@@ -30,7 +30,7 @@ from .registry import Claim
 from .runtime import torch_threads
 
 __all__ = [
-    "load_spec", "evaluate", "derive", "verify", "claims",
+    "load_spec", "evaluate", "derive", "verify", "claims", "experiment",
     "Evaluation", "Derivation", "VerifyReport", "SpecError", "SymbolicModel", "Claim",
 ]
 
@@ -173,3 +173,14 @@ def claims() -> list[Claim]:
     from .checks import all_claims
 
     return all_claims()
+
+
+def experiment(names: Sequence[str] | None = None, *, mode: str = "quick", seeds: int | None = None, device: str = "auto",
+               out: str | Path = "gapcheck-experiments", plots: bool = True, progress: bool = False) -> dict[str, Any]:
+    """The trained-VAE experiments E1–E5 (`gapcheck experiment`): trains amortized VAEs and holds
+    them against the exact ELBO*; writes results.json, report.md and figures into ``out`` and
+    returns the results dict (docs/experiments.md)."""
+    from .experiments import run_experiments
+
+    with torch_threads():
+        return run_experiments(names, mode=mode, device=device, seeds=seeds, out=out, progress=progress, plots=plots)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import gc
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ _private_hypothesis_storage()
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
 
 from .registry import CheckResult  # noqa: E402
 
@@ -53,9 +55,33 @@ def no_shrinking() -> Iterator[None]:
         _SHRINK.reset(token)
 
 
-def run_property(name: str, strategy: st.SearchStrategy, pred: Callable[[Any], tuple[bool, str]], max_examples: int) -> CheckResult:
-    """Run ``pred`` on ``max_examples`` examples of ``strategy``; pass iff it holds for all."""
+def _tally(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of the categorical entries (str, int) and [min, max] of the float entries of
+    per-example summaries: the distribution of the examples a property actually ran."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for s in summaries for k in s):
+        vals = [s[key] for s in summaries if key in s]
+        if all(isinstance(v, float) for v in vals):
+            out[key] = [min(vals), max(vals)]
+        else:
+            counts: dict[str, int] = {}
+            for v in vals:
+                counts[str(v)] = counts.get(str(v), 0) + 1
+            out[key] = dict(sorted(counts.items()))
+    return out
+
+
+def run_property(name: str, strategy: st.SearchStrategy, pred: Callable[[Any], tuple[bool, str]], max_examples: int,
+                 summarize: Callable[[Any], dict[str, Any]] | None = None) -> CheckResult:
+    """Run ``pred`` on ``max_examples`` examples of ``strategy``; pass iff it holds for all of
+    them and hypothesis produced that many valid examples (examples rejected by ``assume``
+    do not count: a property that ran fewer examples than promised is not evidence).
+
+    On failure the details hold the message and the repr of the shrunk (minimal) failing
+    example; on success, with ``summarize``, the tally of the examples run (:func:`_tally`)."""
     seen: list[int] = [0]
+    summaries: list[dict[str, Any]] = []
+    failing: list[str] = []
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if _SHRINK.get() else [])
 
@@ -66,10 +92,27 @@ def run_property(name: str, strategy: st.SearchStrategy, pred: Callable[[Any], t
         seen[0] += 1
         ok, msg = pred(ex)
         if not ok:
+            # hypothesis replays the minimal failing example last, so this ends as its repr
+            failing[:] = [repr(ex)]
             raise PropertyFailure(msg)
+        if summarize is not None:
+            summaries.append(summarize(ex))
 
+    # hypothesis allocates many small objects; with the large heap a verification run holds
+    # (sympy expansions, sweeps) every full collection would rescan all of it.  Objects that
+    # exist before the run are frozen out of collection meanwhile (and unfrozen after).
+    gc.freeze()
     try:
         prop()
     except PropertyFailure as exc:
-        return CheckResult(name, "property", False, None, None, "", {"shrunk_counterexample": str(exc), "examples_run": seen[0]})
-    return CheckResult(name, "property", True, None, None, "", {"examples": max_examples})
+        return CheckResult(name, "property", False, None, None, "",
+                           {"shrunk_counterexample": str(exc), "example": failing[0] if failing else "", "examples_run": seen[0]})
+    except Unsatisfiable as exc:
+        return CheckResult(name, "property", False, None, None, "",
+                           {"error": f"too few valid examples: {exc}", "examples": seen[0], "examples_required": max_examples})
+    finally:
+        gc.unfreeze()
+    details: dict[str, Any] = {"examples": seen[0], "examples_required": max_examples}
+    if summarize is not None:
+        details["distribution"] = _tally(summaries)
+    return CheckResult(name, "property", seen[0] >= max_examples, None, None, "", details)

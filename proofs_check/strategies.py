@@ -30,7 +30,7 @@ is injective because its nonlinearity is Lipschitz below σ_min(A): ‖f(z) − 
 single mode at every γ² and a property may skip the mode search.  Every case satisfies, at
 z0, σ_min(J) ≥ :data:`SIGMA_MIN` and cond(J) ≤ :data:`COND_MAX` (hypothesis ``assume``): the
 O(ε²) remainder of the gap at γ² ≥ 1e6 then stays below the 1e-9 the gap properties allow for
-it (measured in tests/proofs_check/test_strategies.py).
+it (a steered search in tests/proofs_check/test_strategies.py, marked slow, checks this).
 """
 
 from __future__ import annotations

@@ -176,3 +176,24 @@ def test_gap_tolerance_is_capped_by_the_stated_accuracy() -> None:
     _, tol_inflated = richardson_gap(inflate(r6), inflate(r7), case.d)
     assert tol_inflated <= 2e-9 and tol_inflated >= GAP_PROPERTY_TRUNCATION
     assert math.isfinite(tol_inflated)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["non_ima", "ima", "noninjective"])
+def test_richardson_remainder_stays_far_below_the_gap_tolerance(kind: str) -> None:
+    """The gap properties allow 1e-9 for the O(ε²) remainder of (10·gap(1e7) − gap(1e6))/9.
+    hypothesis is *steered* (hypothesis.target) towards the largest |limit − prediction| /
+    tolerance over 60 cases of each kind; the admissibility filters (σ_min ≥ 0.3,
+    curvature ratio ≤ 4, cond ≤ 1e4) must keep it below 1/2 (0.15 the largest seen)."""
+    from hypothesis import target
+
+    def pred(c: S.GapCase):
+        r6, r7 = evaluate_points(c.model, [torch.tensor(c.z0, dtype=torch.float64)], [1e6, 1e7],
+                                 search_modes=(kind == "noninjective"))
+        lim, tol = richardson_gap(r6, r7, c.d)
+        ratio = abs(lim - c.c_ima - (math.log(2) if kind == "noninjective" else 0.0)) / tol
+        target(ratio)
+        return ratio <= 0.5, f"{c!r}: |limit − prediction| / tolerance = {ratio:.3g}"
+
+    res = run_property(f"remainder {kind}", S.gap_cases(kind), pred, 60)
+    assert res.passed, res.details

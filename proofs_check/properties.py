@@ -15,7 +15,7 @@ import gc
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 
 def _private_hypothesis_storage() -> None:
@@ -116,3 +116,40 @@ def run_property(name: str, strategy: st.SearchStrategy, pred: Callable[[Any], t
     if summarize is not None:
         details["distribution"] = _tally(summaries)
     return CheckResult(name, "property", seen[0] >= max_examples, None, None, "", details)
+
+
+def split_examples(total: int, parts: int) -> list[int]:
+    """``total`` examples over ``parts`` strata as evenly as possible, the first ones getting
+    the remainder, at least one each."""
+    base, extra = divmod(total, parts)
+    return [max(1, base + (i < extra)) for i in range(parts)]
+
+
+def run_property_strata(name: str, strata: Sequence[tuple[str, st.SearchStrategy]], pred: Callable[[Any], tuple[bool, str]],
+                        max_examples: int, summarize: Callable[[Any], dict[str, Any]] | None = None) -> CheckResult:
+    """:func:`run_property` over each stratum (e.g. each decoder family) in turn, with the
+    examples split by :func:`split_examples`: with few examples a single strategy could leave
+    a family out, this cannot.  Passes iff every stratum passes; stops at the first failing
+    stratum, whose shrunk counterexample is reported."""
+    runs: dict[str, dict[str, Any]] = {}
+    total = 0
+    for (label, strategy), n in zip(strata, split_examples(max_examples, len(strata))):
+        res = run_property(f"{name} [{label}]", strategy, pred, n, summarize)
+        if not res.passed:
+            return CheckResult(name, "property", False, None, None, "", {"stratum": label, **res.details})
+        runs[label] = res.details
+        total += res.details["examples"]
+    details: dict[str, Any] = {"examples": total, "examples_required": max_examples, "strata": runs}
+    if summarize is not None:
+        merged: dict[str, Any] = {}
+        for d in runs.values():
+            for key, v in d.get("distribution", {}).items():
+                if isinstance(v, list):
+                    old = merged.get(key, v)
+                    merged[key] = [min(old[0], v[0]), max(old[1], v[1])]
+                else:
+                    acc = merged.setdefault(key, {})
+                    for k, c in v.items():
+                        acc[k] = acc.get(k, 0) + c
+        details["distribution"] = {k: (dict(sorted(v.items())) if isinstance(v, dict) else v) for k, v in merged.items()}
+    return CheckResult(name, "property", True, None, None, "", details)

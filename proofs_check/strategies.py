@@ -151,13 +151,13 @@ def column_condition(J: np.ndarray) -> float:
 
 
 @st.composite
-def matrices(draw, max_d: int = 5, max_extra: int = 3, log_scale: float = 3.0) -> Matrix:
-    """J = M·diag(e^t) ∈ R^{n×d}, 1 ≤ d ≤ max_d, n = d + (0..max_extra), M's entries in
+def matrices(draw, max_d: int = 5, max_extra: int = 3, log_scale: float = 3.0, min_d: int = 1) -> Matrix:
+    """J = M·diag(e^t) ∈ R^{n×d}, min_d ≤ d ≤ max_d, n = d + (0..max_extra), M's entries in
     [−2, 2], t_k ∈ [−log_scale, log_scale], with column-normalized condition number ≤ 1e4
     (full column rank).  Half of them (for d ≥ 2) near-singular by construction: M's last
     column is replaced by M[:, :-1]·ρ + 10^(−k)·M[:, -1], ρ ∈ [−1, 1]^{d−1}, k ∈ [2, 4], and
     the condition number is in [1e2, 1e4]."""
-    d = draw(st.integers(1, max_d))
+    d = draw(st.integers(min_d, max_d))
     n = d + draw(st.integers(0, max_extra))
     # column by column, the optional parts last: when the shrinker lowers d it deletes a
     # trailing column, and the draws after it stay aligned (so failures shrink to 1x1)
@@ -189,10 +189,10 @@ def orthogonal_matrices(draw, n: int, d: int | None = None) -> Matrix:
 
 
 @st.composite
-def orthogonal_column_matrices(draw, max_d: int = 5, max_extra: int = 3, log_scale: float = 3.0) -> Matrix:
+def orthogonal_column_matrices(draw, max_d: int = 5, max_extra: int = 3, log_scale: float = 3.0, min_d: int = 1) -> Matrix:
     """J = Q·diag(s·e^t) with orthonormal Q (:func:`orthogonal_matrices`), signs s = ±1 and
-    t_k ∈ [−log_scale, log_scale]: orthogonal columns of any lengths."""
-    d = draw(st.integers(1, max_d))
+    t_k ∈ [−log_scale, log_scale]: orthogonal columns of any lengths, min_d ≤ d ≤ max_d."""
+    d = draw(st.integers(min_d, max_d))
     n = d + draw(st.integers(0, max_extra))
     Q = draw(orthogonal_matrices(n, d))
     t = _array(draw, (d,), -log_scale, log_scale)
@@ -201,11 +201,11 @@ def orthogonal_column_matrices(draw, max_d: int = 5, max_extra: int = 3, log_sca
 
 
 @st.composite
-def invariance_cases(draw, max_d: int = 5, max_extra: int = 3) -> tuple[Matrix, Matrix, tuple[int, ...], Matrix]:
+def invariance_cases(draw, max_d: int = 5, max_extra: int = 3, min_d: int = 1) -> tuple[Matrix, Matrix, tuple[int, ...], Matrix]:
     """(J, D, P, O) for the invariances of c_IMA: J from :func:`matrices` (log-scales in
     [−1.5, 1.5]), D = diag(s·e^t) (s = ±1, t ∈ [−2, 2]), a permutation P of the d columns
     (as the tuple of column indices) and an orthogonal n×n O."""
-    J = draw(matrices(max_d, max_extra, 1.5))
+    J = draw(matrices(max_d, max_extra, 1.5, min_d))
     n, d = J.shape
     t = _array(draw, (d,), -2.0, 2.0)
     s = np.array(draw(st.lists(st.sampled_from([1.0, -1.0]), min_size=d, max_size=d)))
@@ -526,12 +526,13 @@ def ima_cases(draw, family: str | None = None) -> GapCase:
 
 
 @st.composite
-def noninjective_cases(draw) -> GapCase:
+def noninjective_cases(draw, d: int | None = None) -> GapCase:
     """``fold``: f(z) = F(g(z1)², z2, …), d ∈ {2, 1} (2 drawn first), F an injective
     affine_tanh map to R^n, n ∈ {d, d + 1}; g(t) = t + b tanh(w t) with b w ≥ −0.7 (odd,
     strictly increasing).  z0 with |z0_1| ∈ [FOLD_MIN, Z_BULK]: x = f(z0) has the two preimages
-    (±z0_1, z0_2, …), and under the symmetric prior they carry the same Laplace mass."""
-    d = draw(st.sampled_from([2, 1]))
+    (±z0_1, z0_2, …), and under the symmetric prior they carry the same Laplace mass.  ``d``
+    fixes the latent dimension."""
+    d = d or draw(st.sampled_from([2, 1]))
     n = d + draw(st.integers(0, 1))
     F = _affine_tanh(draw, d, n)
     b = draw(_floats(-1.0, 1.0))
@@ -544,16 +545,21 @@ def noninjective_cases(draw) -> GapCase:
     return case
 
 
-def gap_cases(kind: str) -> st.SearchStrategy[GapCase]:
+def gap_cases(kind: str, stratum: str | int | None = None) -> st.SearchStrategy[GapCase]:
     """Cases for a gap property: ``"non_ima"`` (alias ``"triangular"``), ``"ima"`` or
-    ``"noninjective"``."""
+    ``"noninjective"``; ``stratum`` fixes the family (or, for ``"noninjective"``, d)."""
     if kind in ("non_ima", "triangular"):
-        return non_ima_cases()
+        return non_ima_cases(stratum)
     if kind == "ima":
-        return ima_cases()
+        return ima_cases(stratum)
     if kind == "noninjective":
-        return noninjective_cases()
+        return noninjective_cases(stratum)
     raise ValueError(f"unknown decoder kind {kind!r}; known: non_ima, ima, noninjective")
+
+
+#: The strata a gap property splits its examples over, per kind: every family (and, for the
+#: folds, both latent dimensions, d = 2 first) gets its share even with few examples.
+GAP_STRATA: dict[str, tuple] = {"non_ima": NON_IMA_FAMILIES, "ima": IMA_FAMILIES, "noninjective": (2, 1)}
 
 
 @st.composite
@@ -588,11 +594,11 @@ BATCH_C_IMA_SPREAD = 0.01
 
 
 @st.composite
-def non_ima_batches(draw, num: int = 64, seed: int = 0) -> BatchCase:
+def non_ima_batches(draw, num: int = 64, seed: int = 0, family: str | None = None) -> BatchCase:
     """A non-IMA decoder (:func:`non_ima_decoders`), a prior, ``num`` latents from the prior
     (torch generator seeded with ``seed``), with std of c_IMA(f, z) over the batch ≥
     :data:`BATCH_C_IMA_SPREAD` (J varies: the decoder is not close to linear)."""
-    dec = draw(non_ima_decoders())
+    dec = draw(non_ima_decoders(family))
     spec = draw(prior_specs())
     z = spec.build(2).sample(num, torch.Generator().manual_seed(seed))
     c = c_ima_from_jacobian(jacobian(dec, z)).numpy()

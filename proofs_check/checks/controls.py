@@ -9,7 +9,7 @@ from numerics.jacobian import c_ima_batch_mean_jacobian
 from numerics.sweep import PointResult, evaluate_points
 
 from ..context import Context
-from ..properties import run_property
+from ..properties import run_property_strata
 from ..registry import CheckResult, claim
 from .evidence import GAP_PROPERTY_GAMMA2, GAP_PROPERTY_SOURCE, LOG2, Results, gap_eps, limit_checks, richardson_gap, symbolic_equal
 from .faults import wrong_contrast
@@ -49,7 +49,7 @@ def noninjective_property(ctx: Context, fault: str | None) -> CheckResult:
     points with |z0_1| ≥ 0.3: the posterior at x = f(z0) has two modes (±z0_1, z0_2, …) of
     equal mass, so the Richardson gap limit (10·gap(1e7) − gap(1e6))/9 is c_IMA(f, z0) + log 2,
     and the mode search finds both modes.  Under ``single_mode`` the search is off."""
-    from ..strategies import noninjective_cases
+    from ..strategies import GAP_STRATA, noninjective_cases
 
     def pred(case):
         z = torch.tensor(case.z0, dtype=torch.float64, device=ctx.torch_device)
@@ -60,9 +60,10 @@ def noninjective_property(ctx: Context, fault: str | None) -> CheckResult:
         return ok, (f"{case!r}: Richardson gap limit {lim:.12g} vs c_IMA + log 2 = {target:.12g} (tol {tol:.1e}); "
                     f"posterior modes found at γ² = 1e6, 1e7: {r6.n_modes}, {r7.n_modes} (expected 2)")
 
-    res = run_property("random non-injective fold decoders F(g(z1)², z2, …) (d ∈ {1, 2}, n ∈ {d, d+1}), symmetric priors: "
-                       "two posterior modes and Richardson gap limit = c_IMA(f, z0) + log 2",
-                       noninjective_cases(), pred, ctx.n_samples(2, 4, 25), summarize=lambda c: c.summary())
+    res = run_property_strata("random non-injective fold decoders F(g(z1)², z2, …) (d ∈ {1, 2}, n ∈ {d, d+1}), symmetric priors: "
+                              "two posterior modes and Richardson gap limit = c_IMA(f, z0) + log 2",
+                              [(f"d={d}", noninjective_cases(d)) for d in GAP_STRATA["noninjective"]], pred,
+                              ctx.n_samples(2, 4, 25), summarize=lambda c: c.summary())
     res.tolerance_source = GAP_PROPERTY_SOURCE
     return res
 
@@ -93,7 +94,7 @@ def check_n2(ctx: Context, fault: str | None) -> Results:
         inner = limit_checks("inner", eps, gap, err, wrong)
         out.append(CheckResult(f"{name}: the gap-limit check rejects the {kind.replace('_', ' ')} ({wrong:.6g} vs c_IMA {res[0].c_ima:.6g})",
                                "numerical", not all(r.passed for r in inner), None, None, "", {"wrong_contrast": wrong}, "holds"))
-    from ..strategies import non_ima_batches
+    from ..strategies import NON_IMA_FAMILIES, non_ima_batches
 
     def pred(case):
         pointwise = float(case.c_ima.mean())
@@ -102,7 +103,8 @@ def check_n2(ctx: Context, fault: str | None) -> Results:
         # is O(0.01) when c_IMA varies over the batch by ≥ 0.01 (the strategy's filter)
         return abs(pointwise - bm) > 1e-6, f"{case!r}: batch-mean contrast {bm:.6g} ≈ mean c_IMA {pointwise:.6g}"
 
-    out.append(run_property("random non-IMA decoders (affine+tanh, coupling, near-singular; c_IMA varying over the batch): "
-                            "batch-mean contrast differs from the mean pointwise c_IMA",
-                            non_ima_batches(64, ctx.seed), pred, ctx.n_samples(10, 30, 100), summarize=lambda c: c.summary()))
+    out.append(run_property_strata("random non-IMA decoders (affine+tanh, coupling, near-singular; c_IMA varying over the batch): "
+                                   "batch-mean contrast differs from the mean pointwise c_IMA",
+                                   [(f, non_ima_batches(64, ctx.seed, f)) for f in NON_IMA_FAMILIES], pred,
+                                   ctx.n_samples(10, 30, 100), summarize=lambda c: c.summary()))
     return out

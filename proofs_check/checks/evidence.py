@@ -23,7 +23,7 @@ from theory.expansions import numeric
 
 from ..bridge import point_tensor
 from ..context import Context
-from ..properties import run_property
+from ..properties import run_property_strata
 from ..registry import CheckResult, within
 
 Results = list[CheckResult]
@@ -200,14 +200,15 @@ _GAP_LABELS = {
 
 def gap_limit_property(ctx: Context, kind: str, predicted: str, fault: str | None) -> CheckResult:
     """hypothesis over random decoders of ``kind`` (``"non_ima"``, alias ``"triangular"``, or
-    ``"ima"``; proofs_check.strategies), priors and points: the Richardson limit
+    ``"ima"``; proofs_check.strategies, the examples split evenly over the families), priors
+    and points: the Richardson limit
     (10·gap(1e7) − gap(1e6))/9 equals the prediction: c_IMA(f, z0) (``predicted="c_ima"``;
     the batch-mean contrast under the fault ``batch_mean_contrast``) or 0 (``"zero"``).
 
     Every decoder is injective by construction, so the mode search is skipped.  A passing
     result is cached on the context: a planted fault that this property does not take
     (``fault=None``) would give the very same examples and verdict."""
-    from ..strategies import gap_cases
+    from ..strategies import GAP_STRATA, gap_cases
 
     kind = "non_ima" if kind == "triangular" else kind
     key = ("gap_limit_property", kind, predicted, fault)
@@ -226,8 +227,9 @@ def gap_limit_property(ctx: Context, kind: str, predicted: str, fault: str | Non
         return abs(lim - c) <= tol, f"{case!r}: Richardson gap limit {lim:.12g} vs predicted {c:.12g} (tol {tol:.1e})"
 
     target = "c_IMA(f, z0)" if predicted == "c_ima" else "0"
-    res = run_property(f"random {_GAP_LABELS[kind]}, priors, points in the bulk: Richardson gap limit = {target}",
-                       gap_cases(kind), pred, ctx.n_samples(4, 12, 50), summarize=lambda c: c.summary())
+    res = run_property_strata(f"random {_GAP_LABELS[kind]}, priors, points in the bulk: Richardson gap limit = {target}",
+                              [(str(f), gap_cases(kind, f)) for f in GAP_STRATA[kind]], pred, ctx.n_samples(4, 12, 50),
+                              summarize=lambda c: c.summary())
     res.tolerance_source = GAP_PROPERTY_SOURCE
     if res.passed:
         ctx.cache[key] = res

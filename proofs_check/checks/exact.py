@@ -172,9 +172,9 @@ def check_c3(ctx: Context, fault: str | None) -> Results:
         return abs(c) <= 1e-12, f"{m!r}: contrast = {c:.3e} ≠ 0"
 
     kinds = lambda m: {"kind": m.kind, "d": m.shape[1], "n": m.shape[0]}  # noqa: E731
-    out.append(run_property("random J (n ≥ d ≤ 5, half near-singular with column-normalized cond 1e2–1e4): contrast ≥ 0",
-                            matrices(), nonneg, ctx.n_samples(40, 100, 400), summarize=kinds))
-    out.append(run_property("orthogonal-column J: contrast = 0", orthogonal_column_matrices(), zero_iff_orth,
+    out.append(run_property("random J (2 ≤ d ≤ 5, n ≥ d, half near-singular with column-normalized cond 1e2–1e4): contrast ≥ 0",
+                            matrices(min_d=2), nonneg, ctx.n_samples(40, 100, 400), summarize=kinds))
+    out.append(run_property("orthogonal-column J (2 ≤ d ≤ 5): contrast = 0", orthogonal_column_matrices(min_d=2), zero_iff_orth,
                             ctx.n_samples(40, 100, 400), summarize=kinds))
     # symbolic: for d = 2, exp(2 c_IMA) = ‖a‖²‖b‖²/(‖a‖²‖b‖² − (a·b)²) (Lagrange identity), so c ≥ 0, = 0 iff a·b = 0
     a = sp.Matrix(sp.symbols("a1:4", real=True))
@@ -220,8 +220,8 @@ def check_c4(ctx: Context, fault: str | None) -> Results:
         bad = {k: v for k, v in errs.items() if v > 1e-11}
         return not bad, f"J = {Jm!r}, D = {D!r}, column permutation {perm}, O = {O!r}: contrast changed by {bad}"
 
-    out.append(run_property("random J (half near-singular): invariance to column scaling, permutation, orthogonal O",
-                            invariance_cases(4, 2), invariant, ctx.n_samples(30, 80, 300),
+    out.append(run_property("random J (2 ≤ d ≤ 4, half near-singular): invariance to column scaling, permutation, orthogonal O",
+                            invariance_cases(4, 2, 2), invariant, ctx.n_samples(30, 80, 300),
                             summarize=lambda ex: {"kind": ex[0].kind, "d": ex[0].shape[1], "n": ex[0].shape[0]}))
 
     # reparametrization: c_IMA(f∘h, z) = c_IMA(f, h(z)) with f the triangular model, h elementwise

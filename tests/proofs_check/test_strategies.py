@@ -18,7 +18,7 @@ from numerics.posterior import find_modes
 from numerics.sweep import evaluate_points
 from proofs_check import strategies as S
 from proofs_check.checks.evidence import GAP_PROPERTY_TRUNCATION, richardson_gap
-from proofs_check.properties import run_property
+from proofs_check.properties import run_property, run_property_strata, split_examples
 
 torch.set_num_threads(1)
 
@@ -176,6 +176,16 @@ def test_gap_tolerance_is_capped_by_the_stated_accuracy() -> None:
     _, tol_inflated = richardson_gap(inflate(r6), inflate(r7), case.d)
     assert tol_inflated <= 2e-9 and tol_inflated >= GAP_PROPERTY_TRUNCATION
     assert math.isfinite(tol_inflated)
+
+
+def test_strata_give_every_family_its_share_and_report_the_failing_one() -> None:
+    assert split_examples(4, 3) == [2, 1, 1] and split_examples(12, 3) == [4, 4, 4] and split_examples(2, 3) == [1, 1, 1]
+    strata = [(f, S.non_ima_decoders(f)) for f in S.NON_IMA_FAMILIES]
+    res = run_property_strata("all", strata, lambda dec: (True, ""), 4, summarize=lambda dec: {"family": dec.family})
+    assert res.passed and res.details["distribution"]["family"] == {"affine_tanh": 2, "coupling": 1, "near_singular": 1}
+    bad = run_property_strata("bad", strata, lambda dec: (dec.family != "coupling", repr(dec)), 6)
+    assert not bad.passed and bad.details["stratum"] == "coupling"
+    assert bad.details["shrunk_counterexample"].startswith("coupling(")
 
 
 @pytest.mark.slow

@@ -85,18 +85,28 @@ def run_property(name: str, strategy: st.SearchStrategy, pred: Callable[[Any], t
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if _SHRINK.get() else [])
 
+    failures: dict[str, str] = {}
+
     @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck), phases=phases)
     @given(strategy)
     def prop(ex: Any) -> None:
-        seen[0] += 1
-        ok, msg = pred(ex)
-        if not ok:
-            # hypothesis replays the minimal failing example last, so this ends as its repr
-            failing[:] = [repr(ex)]
-            raise PropertyFailure(msg)
-        if summarize is not None:
-            summaries.append(summarize(ex))
+        key = repr(ex)
+        # hypothesis replays the final failing example once more before raising; the
+        # predicates are deterministic, so a known failure's verdict is not recomputed
+        msg = failures.get(key)
+        if msg is None:
+            ok, msg = pred(ex)
+            if ok:
+                seen[0] += 1
+                if summarize is not None:
+                    summaries.append(summarize(ex))
+                return
+            failures[key] = msg
+        # one raise statement for both paths: hypothesis tells bugs apart by where they raise.
+        # The minimal failing example is replayed last, so ``failing`` ends as its repr.
+        failing[:] = [key]
+        raise PropertyFailure(msg)
 
     # hypothesis allocates many small objects; with the large heap a verification run holds
     # (sympy expansions, sweeps) every full collection would rescan all of it.  Objects that
@@ -106,7 +116,7 @@ def run_property(name: str, strategy: st.SearchStrategy, pred: Callable[[Any], t
         prop()
     except PropertyFailure as exc:
         return CheckResult(name, "property", False, None, None, "",
-                           {"shrunk_counterexample": str(exc), "example": failing[0] if failing else "", "examples_run": seen[0]})
+                           {"shrunk_counterexample": str(exc), "example": failing[0] if failing else "", "examples_passed": seen[0]})
     except Unsatisfiable as exc:
         return CheckResult(name, "property", False, None, None, "",
                            {"error": f"too few valid examples: {exc}", "examples": seen[0], "examples_required": max_examples})

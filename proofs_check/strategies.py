@@ -1,12 +1,13 @@
 """hypothesis strategies for the property-based checks: matrices, decoders, priors and latent
 points drawn from hypothesis primitives, so that a failing example *shrinks* to a small,
-readable counterexample whose repr shows every drawn number.
+readable counterexample whose repr shows every drawn number.  Real parameters lie on the grid
+k/1000 (:data:`GRID`), so shrunk values read like 0.501.
 
 Matrices (C2, C3, C4):
 
 - :func:`matrices`: J ∈ R^{n×d} (n ≥ d) of full column rank, entries in [−2, 2] and column
-  log-scales in [−3, 3]; a third of them near-singular (one column close to a combination of
-  the others, condition number of the column-normalized J between 1e2 and 1e4);
+  log-scales in [−3, 3], column-normalized condition number ≤ 1e4; for d ≥ 2 half of them
+  near-singular (one column close to a combination of the others, condition number ≥ 1e2);
 - :func:`spd_matrices`: Λ = D (B Bᵀ + τ I) D, symmetric positive definite;
 - :func:`orthogonal_matrices`: Q from the QR factorization of a drawn matrix.
 
@@ -24,13 +25,14 @@ Decoders with a prior and a point z0 in the prior's bulk (C11, C12, N1, N2), as
   injective (affine_tanh), so x = f(z0) has exactly the two preimages (±z0_1, z0_2, …), of
   equal Laplace mass under a symmetric prior.
 
-Every decoder is injective where the family promises it by construction (an affine_tanh map
-is injective because its nonlinearity is Lipschitz below σ_min(A): ‖f(z) − f(z')‖ ≥
-(σ_min(A) − ‖B‖‖C‖)‖z − z'‖; couplings are bijections), so the posterior at x = f(z0) has a
-single mode at every γ² and a property may skip the mode search.  Every case satisfies, at
-z0, σ_min(J) ≥ :data:`SIGMA_MIN` and cond(J) ≤ :data:`COND_MAX` (hypothesis ``assume``): the
-O(ε²) remainder of the gap at γ² ≥ 1e6 then stays below the 1e-9 the gap properties allow for
-it (a steered search in tests/proofs_check/test_strategies.py, marked slow, checks this).
+Every decoder but the folds is injective by construction (an affine_tanh map because its
+nonlinearity is Lipschitz below σ_min(A): ‖f(z) − f(z')‖ ≥ (σ_min(A) − ‖B‖‖C‖)‖z − z'‖;
+couplings and monotone h are bijections; a Möbius map is injective off its pole), so x = f(z0)
+has the single preimage z0 and a property may skip the mode search.  Every case satisfies, at
+z0, σ_min(J) ≥ :data:`SIGMA_MIN`, cond(J) ≤ :data:`COND_MAX` and ‖∂²f‖/σ_min² ≤
+:data:`CURVATURE_MAX` (hypothesis ``assume``): the O(ε²) remainder of the gap at γ² ≥ 1e6 then
+stays below the 1e-9 the gap properties allow for it (a steered search in
+tests/proofs_check/test_strategies.py, marked slow, checks this).
 """
 
 from __future__ import annotations

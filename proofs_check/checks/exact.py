@@ -60,9 +60,10 @@ def check_c1(ctx: Context, fault: str | None) -> Results:
             lhs = lp.value - (e.value + shift)
             kl = _gauss_kl(mq, sq, post_mean, Lam)
             worst = max(worst, abs(lhs - kl))
-            tol = max(tol, 10 * (lp.error + e.error) + 1e-12)
+            tol = max(tol, min(10 * (lp.error + e.error) + 1e-12, 1e-9))
     out.append(within("linear model: log p − ELBO(q) equals the closed-form KL(q‖posterior) for random q", "numerical",
-                      worst, tol, "10 x (reported quadrature errors of log p and ELBO) + 1e-12 (closed-form KL in float64)"))
+                      worst, tol, "10 x (reported quadrature errors of log p and ELBO) + 1e-12 (closed-form KL in float64), "
+                      "capped at 1e-9 (the stated accuracy of log p and ELBO at γ² ≤ 1e4, with margin)"))
 
     # property: ≥ 0 on a nonlinear model for random q
     tri = ctx.num("triangular")
@@ -345,8 +346,8 @@ def check_c6(ctx: Context, fault: str | None) -> Results:
             if fault == "wrong_constant":
                 const = 0.5 * n * math.log(g2 / (2 * math.pi)) - 0.5 * n * math.log(g2 / (2 * math.pi * beta))
             worst = max(worst, abs(beta_elbo - (beta * plain.value + const)))
-            tol = max(tol, 10 * beta * plain.error + 1e-12)
+            tol = max(tol, min(10 * beta * plain.error + 1e-12, 1e-9))  # capped: the stated accuracy of ELBO, with margin
     out.append(within("triangular model, random q, β ∈ {0.5, 2, 4}: β-ELBO(γ²) = β ELBO(γ²/β) + const", "numerical", worst, tol,
-                      "10 x β x (reported GH error of ELBO) + 1e-12 (40-node GH of the β-ELBO, converged for these narrow q)"))
+                      "10 x β x (reported GH error of ELBO) + 1e-12 (40-node GH of the β-ELBO, converged for these narrow q), capped at 1e-9"))
     return out
 

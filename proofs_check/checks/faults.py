@@ -22,7 +22,7 @@ from .evidence import jac_at
 #: Every planted fault: what it replaces, and with what.
 FAULTS: dict[str, str] = {
     "entropy_without_e": "ELBO entropy ½Σlog(2πs) instead of ½Σlog(2πe s) (C1)",
-    "diagonal_of_covariance": "mean-field variances from the diagonal of the covariance instead of 1/Λ_kk (C2)",
+    "marginal_variances": "mean-field variances set to the marginal variances (Λ⁻¹)_kk instead of 1/Λ_kk (C2)",
     "missing_half": "log det(JᵀJ) without its ½ (C3, C9; N2's wrong contrast for n > d)",
     "no_logdet": "c_IMA without the log-det term (C4)",
     "wrong_first_order": "tr M instead of tr M⁻¹ in the linear-Gaussian first-order term (C5)",
@@ -36,6 +36,8 @@ FAULTS: dict[str, str] = {
     "mean_field": "the mean-field ELBO* in place of the full-covariance one (C14)",
     "ml_cannot_tell": "predicting no ELBO* difference between f and f∘R (C15)",
     "linear_a1": "the linear-model a1 formula applied to a curved decoder (C16)",
+    "fullcov_scoring": "candidates scored with the full-covariance ELBO* instead of the mean-field one (C17)",
+    "unpaired": "fresh data samples for each candidate θ instead of the same ones (C17)",
     "single_mode": "mode search off: the second posterior mode is missed (N1)",
     "wrong_is_right": "the wrong contrast taken as c_IMA (N2)",
 }

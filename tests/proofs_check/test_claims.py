@@ -30,6 +30,9 @@ def test_claim(cid: str, ctx: Context) -> None:
 
 def test_registry_is_complete() -> None:
     assert set(CLAIMS) == {f"C{i}" for i in range(1, 18)} | {"N1", "N2"}
+    from proofs_check.checks.faults import FAULTS
+
     for c in CLAIMS.values():
         assert c.faults, f"{c.id} has no planted fault"
+        assert set(c.faults) <= set(FAULTS), f"{c.id}: planted faults not documented in checks/faults.py FAULTS"
         assert c.statement and c.paper and c.latex

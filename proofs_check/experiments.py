@@ -20,7 +20,6 @@ training state, plain tensors only).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys

@@ -370,6 +370,7 @@ def integrate_box(
     at_in = abs_tol / (4 * (hi[0] - lo[0]))
     crude = arb(2) ** -6
     inner_limit = None if limit < 0 else max(1000, limit // 20)
+    node_rad = arb(2) ** (-(ctx.prec // 2))
 
     def outer(u1: acb, analytic: bool) -> acb:
         if 0 <= limit < count[0]:
@@ -379,7 +380,9 @@ def integrate_box(
         def gi(u2: acb, _an: bool) -> acb:
             return nan if over() else g(u2)
 
-        if analytic:
+        # a wide u1 ball (the outer integrator bounding a whole subinterval or an ellipse)
+        # needs only a bound: a crude inner integral; quadrature nodes are near-points
+        if analytic or u1.real.rad() + u1.imag.rad() > node_rad:
             return acb.integral(gi, lo[1], hi[1], rel_tol=crude, abs_tol=at_in, eval_limit=CRUDE_EVAL_LIMIT)
         return acb.integral(gi, lo[1], hi[1], rel_tol=rt, abs_tol=at_in, eval_limit=inner_limit)
 
@@ -743,6 +746,7 @@ def gaussian_expectation(
     growth: Sequence[arb],
     abs_tol: arb,
     rel_bits: int,
+    max_evals: int | None = None,
 ) -> Expectation:
     """E_{ξ~N(0,I_d)}[h(μ + sd ⊙ ξ)] as a proven ball.
 
@@ -770,14 +774,14 @@ def gaussian_expectation(
         def g1(t: acb) -> acb:
             return (-(t * t) * half).exp() * h([muc[0] + sdc[0] * t])
 
-        core = integrate_box(g1, [-T], [T], abs_tol=abs_tol / 4, rel_bits=rel_bits)
+        core = integrate_box(g1, [-T], [T], abs_tol=abs_tol / 4, rel_bits=rel_bits, max_evals=max_evals)
     else:
         def fac(u1: acb):
             z1 = muc[0] + sdc[0] * u1
             w1 = -(u1 * u1) * half
             return lambda u2: (w1 - (u2 * u2) * half).exp() * h([z1, muc[1] + sdc[1] * u2])
 
-        core = integrate_box(fac, [-T, -T], [T, T], abs_tol=abs_tol / 4, rel_bits=rel_bits)
+        core = integrate_box(fac, [-T, -T], [T, T], abs_tol=abs_tol / 4, rel_bits=rel_bits, max_evals=max_evals)
     val = core.real * norm
     if not val.is_finite():
         raise NotCertified("Gaussian expectation: the integrand is not analytic on the integration box "
@@ -897,8 +901,9 @@ def certify_elbo_star(
     mu_hint: Sequence[float],
     s_hint: Sequence[float],
     bits: int = 60,
-    hess_bits: int = 24,
-    box_radius: float = 1e-4,
+    hess_bits: int = 10,
+    box_radius: float = 2.0**-24,
+    max_hess_evals: int = 400_000,
 ) -> ElboStarCertificate:
     """Two-sided certificate of the local maximum of the mean-field ELBO near a hint.
 
@@ -937,7 +942,8 @@ def certify_elbo_star(
         to 2^-bits in the O(1) scaled parameters)."""
         h, growth = pair
         b = bits if precise else hess_bits
-        return gaussian_expectation(h, mu, sd, growth, abs_tol=arb(2) ** -b * scale, rel_bits=b + 2).value
+        return gaussian_expectation(h, mu, sd, growth, abs_tol=arb(2) ** -b * scale, rel_bits=b + 2,
+                                    max_evals=None if precise else max_hess_evals).value
 
     g1s = gamma2.sqrt()
 

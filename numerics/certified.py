@@ -211,7 +211,9 @@ def square(a: Num) -> Num:
         return a * a
     lo = arb(a.abs_lower())
     hi = arb(a.abs_upper())
-    return hull(lo * lo, hi * hi)
+    sq = hull(lo * lo, hi * hi)
+    # the hull's midpoint-radius form may reach slightly below 0: clip at 0 (a square is >= 0)
+    return sq.nonnegative_part() if sq.lower() < 0 else sq
 
 
 def int_power(a: Num, k: int) -> Num:
@@ -564,7 +566,7 @@ def certify_log_px(
         corner = [Bz_hi[k] if (mask >> k) & 1 else Bz_lo[k] for k in range(d)]
         umax = max(umax, max(float(abs(u).upper()) for u in chart.to_u(corner)))
     U = R
-    while U < umax:
+    while U < umax * (1 + 1e-9) + 1:  # margin for the float conversion of umax
         U *= 2
 
     def z_hull(lo, hi) -> list[arb]:
@@ -988,25 +990,34 @@ def certify_elbo_star(
     try:
         if exprs.grad is None or exprs.hess is None or exprs.third is None or exprs.fourth is None:
             raise NotCertified("derivative integrands not available")
-        rho = exact_float(box_radius)
-        Xa = [hull(-rho, rho)] * d
-        Xt = [hull(t0p[k] - rho, t0p[k] + rho) for k in range(d)]
-        if not all(x > 0 for x in Xt):
-            raise NotCertified("parameter box reaches s <= 0")
-        HX = hess_on(Xa, Xt)
-        if not all(all(v.is_finite() for v in row) for row in HX):
-            raise NotCertified("Hessian enclosure over the box is not finite")
         m = 2 * d
-        C = _inverse_float([[float(v.mid()) for v in row] for row in HX])
-        Cb = [[exact_float(v) for v in row] for row in C]
-        g0 = grad_at(a0, t0p)
-        step = [sum((Cb[i][j] * g0[j] for j in range(m)), arb(0)) for i in range(m)]
         theta0 = [*a0, *t0p]
-        th1 = [arb((theta0[i] - step[i]).mid()) for i in range(m)]
+        g0 = grad_at(a0, t0p)
+        radius = box_radius
+        for attempt in range(3):
+            # the box X = θ0 ± radius; it is enlarged (at most twice) when the Newton step
+            # from the hint does not stay well inside it
+            rho = exact_float(radius)
+            Xa = [hull(-rho, rho)] * d
+            Xt = [hull(t0p[k] - rho, t0p[k] + rho) for k in range(d)]
+            if not all(x > 0 for x in Xt):
+                raise NotCertified("parameter box reaches s <= 0")
+            HX = hess_on(Xa, Xt)
+            if not all(all(v.is_finite() for v in row) for row in HX):
+                raise NotCertified("Hessian enclosure over the box is not finite")
+            C = _inverse_float([[float(v.mid()) for v in row] for row in HX])
+            Cb = [[exact_float(v) for v in row] for row in C]
+            step = [sum((Cb[i][j] * g0[j] for j in range(m)), arb(0)) for i in range(m)]
+            th1 = [arb((theta0[i] - step[i]).mid()) for i in range(m)]
+            biggest = max(float(abs(sv).upper()) for sv in step)
+            if biggest <= radius / 4:
+                break
+            radius = 8 * biggest
+        else:
+            raise NotCertified("the Newton step from the hint leaves the parameter box (hint too far from a maximum)")
         a1, t1 = th1[:d], th1[d:]
         X = [*Xa, *Xt]
-        if not all(bool(x.contains(c)) for x, c in zip(X, th1)):
-            raise NotCertified("the Newton step from the hint leaves the parameter box (hint too far from a maximum)")
+        box_radius = radius
         g1 = grad_at(a1, t1)
         Cg = [sum((Cb[i][j] * g1[j] for j in range(m)), arb(0)) for i in range(m)]
         # M = I − C H(X)

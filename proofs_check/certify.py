@@ -394,6 +394,63 @@ class _Bounds:
         return None
 
     def growth(self, e: sp.Expr) -> Poly:
+        try:
+            return self._growth(e)
+        except Unbounded:
+            if isinstance(e, (sp.Add, sp.Mul, sp.Pow)):
+                b = self._exp_rational(e)
+                if b is not None:
+                    return [b]
+            raise
+
+    def _exp_rational(self, e: sp.Expr) -> arb | None:
+        """sup over real t of |e| when e depends on one latent t only through exponentials
+        exp(α_i t + β_i) with rational α_i: with E = exp(t/L) (1/L the gcd of the α_i) e is a
+        rational function N(E)/D(E); if D has non-negative coefficients with d_0, d_top > 0 and
+        deg N <= deg D, then |N/D| <= Σ|n_i| / min(d_0, d_top) for every E > 0 (split at E = 1).
+        Covers e.g. every derivative of a logistic log-density however sympy arranges it."""
+        free = e.free_symbols & self.symbols
+        if len(free) != 1:
+            return None
+        t = next(iter(free))
+        exps = [a for a in e.atoms(sp.exp) if t in a.free_symbols]
+        if not exps:
+            return None
+        alphas, betas = [], []
+        for a in exps:
+            arg = sp.expand(a.args[0])
+            al = arg.coeff(t, 1)
+            be = sp.expand(arg - al * t)
+            if not al.is_Rational or al == 0 or t in be.free_symbols:
+                return None
+            alphas.append(al)
+            betas.append(be)
+        num = math.gcd(*[abs(int(a.p)) for a in alphas])
+        den = math.lcm(*[int(a.q) for a in alphas])
+        step = sp.Rational(num, den)
+        E = sp.Dummy("E", positive=True)
+        rep = {a: sp.exp(be) * E ** int(al / step) for a, al, be in zip(exps, alphas, betas)}
+        r = e.xreplace(rep)
+        if t in r.free_symbols:
+            return None
+        N, D = sp.fraction(sp.cancel(sp.together(r)))
+        try:
+            Np, Dp = sp.Poly(N, E), sp.Poly(D, E)
+        except sp.PolynomialError:
+            return None
+        dc = [self._const(c) for c in Dp.all_coeffs()[::-1]]  # d_0 .. d_top
+        nc = [self._const(c) for c in Np.all_coeffs()]
+        if any(c is None or not c.is_finite() for c in dc + nc) or Np.degree() > Dp.degree():
+            return None
+        if all(c <= 0 for c in dc):
+            dc = [-c for c in dc]
+        if not (all(c >= 0 for c in dc) and dc[0] > 0 and dc[-1] > 0):
+            return None
+        total = sum((abs(c) for c in nc), arb(0))
+        lo = dc[0] if dc[0].lower() <= dc[-1].lower() else dc[-1]
+        return _up(total / arb(lo.lower()))
+
+    def _growth(self, e: sp.Expr) -> Poly:
         c = self._const(e)
         if c is not None:
             if not c.is_finite():
@@ -501,7 +558,17 @@ def growth_bound(expr: sp.Expr, symbols: Sequence[sp.Symbol], params: Mapping[sp
     |log y| <= |log c| + y for y >= c > 0); e^{kb}/(1 + e^b)^m <= 1 for 0 <= k <= m.
     Raises :class:`Unbounded` with the reason otherwise (e.g. a pole: 1/(z − 3))."""
     b = _Bounds(symbols, params or {}, _arb_names() if names is None else names)
-    return b.growth(sp.sympify(expr))
+    expr = sp.sympify(expr)
+    try:
+        return b.growth(expr)
+    except Unbounded:
+        # sympy sometimes factors a bounded sum into unbounded pieces, e.g. a logistic
+        # log-density derivative as D⁻¹(−e^b + e^{2b} D⁻¹), D = 1 + e^b: distribute products
+        # over sums (keeping exp(a + b) whole) and try once more
+        expanded = sp.expand(expr, power_exp=False, power_base=False, log=False)
+        if expanded == expr:
+            raise
+        return b.growth(expanded)
 
 
 # ----------------------------------------------------------------------------------------
@@ -598,6 +665,8 @@ def elbo_exprs(sym: SymbolicModel, prob: CertProblem, derivatives: bool = True,
         return es, ""
     except Unbounded as exc:
         return ExprSet(phi_pair), f"no tail bound for a derivative of φ: {exc}"
+    except SpecError as exc:
+        return ExprSet(phi_pair), f"a derivative of φ has no ball-arithmetic translation: {exc}"
 
 
 def jacobian_balls(sym: SymbolicModel, point: Sequence[sp.Expr], names: Mapping[type, str] | None = None) -> list[list[arb]]:
@@ -619,8 +688,9 @@ def interval_strings(a: arb, digits: int = 20) -> dict[str, str]:
     if not a.is_finite():
         raise NotCertified("enclosure is not finite")
     mid, rad, e10 = a.mid_rad_10exp(digits + 10)
-    lo = Decimal(int(mid - rad)).scaleb(int(e10))
-    hi = Decimal(int(mid + rad)).scaleb(int(e10))
+    # exact decimals (string construction; Decimal.scaleb would round to the context precision)
+    lo = Decimal(f"{int(mid - rad)}E{int(e10)}")
+    hi = Decimal(f"{int(mid + rad)}E{int(e10)}")
     with localcontext() as c:
         c.prec = digits
         c.rounding = ROUND_FLOOR
@@ -727,6 +797,13 @@ def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, p
             status[q] = f"not certified: certificates are implemented for d <= 2 latents (d = {d})"
         return _finish(latent, gamma2, status, balls, details, t0, n, d)
     try:
+        with working_precision(64):
+            x_max = max(abs(float(v)) for v in cert_problem(sym, point, gamma2, 64, names).x)
+    except (NotCertified, SpecError) as exc:
+        for q in ("log_px", "elbo_star", "gap"):
+            status[q] = f"not certified: {exc}"
+        return _finish(latent, gamma2, status, balls, details, t0, n, d)
+    try:
         if hints is None:
             modes, scales, mu_h, s_h, _ = _fast_hints(sym, point, gamma2)
         else:
@@ -735,8 +812,6 @@ def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, p
         for q in ("log_px", "elbo_star", "gap"):
             status[q] = f"not certified: the fast path found no starting point ({type(exc).__name__}: {exc})"
         return _finish(latent, gamma2, status, balls, details, t0, n, d)
-    with working_precision(64):
-        x_max = max(abs(float(v)) for v in cert_problem(sym, point, gamma2, 64, names).x)
     p0 = prec or default_precision(gamma2, x_max)
     # log p
     lp = None
@@ -745,11 +820,15 @@ def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, p
         try:
             with working_precision(p):
                 prob = cert_problem(sym, point, gamma2, p, names)
-                cert = certify_log_px(prob, modes[0], scales[0], grad_fn=phi_gradient(sym, prob, names))
+                try:
+                    grad = phi_gradient(sym, prob, names)
+                except SpecError:  # e.g. the derivative of abs(): use the prior-mass bounds only
+                    grad = None
+                cert = certify_log_px(prob, modes[0], scales[0], grad_fn=grad)
             lp = cert
             if rel_radius(cert.value) <= target / 4:
                 break
-        except NotCertified as exc:
+        except (NotCertified, SpecError) as exc:
             last_exc = exc
     if lp is not None:
         balls["log_px_red"] = lp.value
@@ -776,7 +855,7 @@ def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, p
         else:
             reason = why or ec.reason
             status["elbo_star"] = f"{STATUS_LOWER} (upper bound not certified: {reason})"
-    except NotCertified as exc:
+    except (NotCertified, SpecError) as exc:
         status["elbo_star"] = f"not certified: {exc}"
     # gap (at high precision: the default 53 bits would round the difference)
     with working_precision(256):

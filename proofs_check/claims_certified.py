@@ -39,19 +39,20 @@ FAULT_FACTOR = 1.0 + 1e-10
 #: term (≈ 2e-14 for κ(J) ≤ 10 on the fixed set); the cap used is 1e-13 · (1 + |c_IMA|).
 C_IMA_FLOAT_TOL = 1e-13
 
-#: (model, point index, γ²) checked by default (≈ 20 s of certification on 2 cores) and the
+#: (model, point index, γ²) checked by default (≈ 15 s of certification on 2 cores) and the
 #: extra ones of --full (more points, γ² up to 1e8).
 DEFAULT_CASES: tuple[tuple[str, int, float], ...] = (
-    ("triangular", 0, 1e2),
-    ("linear", 0, 1e4),
+    ("triangular", 0, 1e2),  # non-IMA decoder, logistic prior (C11)
+    ("linear", 0, 1e4),  # closed-form model (C5)
+    ("noninjective", 0, 1e2),  # two posterior modes (N1)
 )
 FULL_CASES: tuple[tuple[str, int, float], ...] = (
     ("triangular", 1, 1e4),
-    ("ima", 0, 1e6),
-    ("mlp", 0, 1e2),
-    ("embedding", 0, 1e4),
-    ("noninjective", 0, 1e2),
+    ("ima", 0, 1e6),  # IMA class (C12)
+    ("mlp", 0, 1e2),  # Student-t prior
+    ("embedding", 0, 1e4),  # n > d
     ("linear", 0, 1e8),
+    ("triangular", 0, 1e8),
 )
 
 

@@ -40,10 +40,11 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from flint import acb, arb, ctx, fmpq, fmpz
 
@@ -294,7 +295,7 @@ class CertPrior1D:
             return arb(1) / 2
         c = ((nu + 1) / 2).lgamma() - (nu / 2).lgamma() - (nu * arb.pi()).log() / 2
         b = c.exp() * ((nu - 1) / 2 * nu.log()).exp() * (-nu * u.log()).exp()
-        return b if b < arb(1) / 2 else arb(1) / 2
+        return min(arb(1) / 2, b)
 
     def two_sided_tail(self, T: arb) -> arb:
         """Upper bound of P(|t − loc| > T)."""
@@ -931,7 +932,6 @@ def certify_elbo_star(
     se = eps.sqrt()
     muc = [exact_float(float(m)) for m in mu_hint]
     t_hint = [exact_float(float(sv) * float(gamma2.mid())) for sv in s_hint]
-    tol = arb(2) ** -bits
 
     def params(a: Sequence[arb], t: Sequence[arb]) -> tuple[list[arb], list[arb]]:
         mu = [muc[k] + se * a[k] for k in range(d)]

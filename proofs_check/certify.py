@@ -19,10 +19,11 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import sympy as sp
 from flint import acb, arb, fmpq, fmpz
@@ -261,7 +262,7 @@ def _sum_fn(fns: list, c: Any = None):
         base = f0
     elif len(fns) == 2:
         f0, f1 = fns
-        base = lambda v: f0(v) + f1(v)  # noqa: E731
+        base = lambda v: f0(v) + f1(v)
     else:
         def base(v):
             acc = fns[0](v)
@@ -278,7 +279,7 @@ def _prod_fn(fns: list, c: Any = None):
         base = fns[0]
     elif len(fns) == 2:
         f0, f1 = fns
-        base = lambda v: f0(v) * f1(v)  # noqa: E731
+        base = lambda v: f0(v) * f1(v)
     else:
         def base(v):
             acc = fns[0](v)
@@ -475,7 +476,7 @@ class _Bounds:
                     return [_up(1 / lb) ** (-int(ex))]
                 raise Unbounded(f"cannot bound {e}: its base is not bounded away from 0 (a pole?)")
             if ex.is_Rational and ex > 0:
-                k = int(math.ceil(float(ex)))
+                k = math.ceil(float(ex))
                 return _padd([arb(1)], _ppow(self.growth(e.base), k))
             raise Unbounded(f"cannot bound the power {e}")
         name = self.names.get(type(e))
@@ -750,14 +751,12 @@ class CertifiedRow:
 def default_precision(gamma2: float, x_max: float) -> int:
     """Working precision (bits): 64 plus the bits lost when x − f(z) = O(γ⁻¹) is formed from
     O(|x|) numbers and multiplied by γ² (≈ log2 γ² + log2(1 + |x|)), plus a margin."""
-    return 72 + int(math.ceil(math.log2(1.0 + gamma2))) + int(math.ceil(math.log2(1.0 + x_max)))
+    return 72 + math.ceil(math.log2(1.0 + gamma2)) + math.ceil(math.log2(1.0 + x_max))
 
 
 def _fast_hints(sym: SymbolicModel, point, gamma2: float):
     """Posterior modes, Laplace scales and the optimal encoder from the fast float64 path
     (hints only: the certificates never assume them right)."""
-    import torch
-
     from numerics.elbo import elbo_star
     from numerics.posterior import find_modes
 
@@ -770,7 +769,7 @@ def _fast_hints(sym: SymbolicModel, point, gamma2: float):
     st = elbo_star(model, [pm])[0]
     modes = pm.modes.tolist()
     scales = [pm.scale(j).tolist() for j in range(pm.count)]
-    return modes, scales, st.mu.tolist(), st.s.tolist(), torch
+    return modes, scales, st.mu.tolist(), st.s.tolist()
 
 
 def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, prec: int | None = None,
@@ -805,10 +804,10 @@ def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, p
         return _finish(latent, gamma2, status, balls, details, t0, n, d)
     try:
         if hints is None:
-            modes, scales, mu_h, s_h, _ = _fast_hints(sym, point, gamma2)
+            modes, scales, mu_h, s_h = _fast_hints(sym, point, gamma2)
         else:
             modes, scales, mu_h, s_h = hints["modes"], hints["scales"], hints["mu"], hints["s"]
-    except Exception as exc:  # the fast path failing leaves nothing to start from
+    except Exception as exc:  # noqa: BLE001  (any failure of the fast path leaves nothing to start from)
         for q in ("log_px", "elbo_star", "gap"):
             status[q] = f"not certified: the fast path found no starting point ({type(exc).__name__}: {exc})"
         return _finish(latent, gamma2, status, balls, details, t0, n, d)
@@ -964,8 +963,9 @@ def add_certify_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def format_rows(sym: SymbolicModel, rows: Sequence[CertifiedRow]) -> str:
-    lines = [f"model {sym.name!r}: d = {sym.d}, n = {sym.n}, prior {sym.prior_label}; {len(rows)} rows "
-             f"in {sum(r.seconds for r in rows):.1f} s (intervals rounded outward)", ""]
+    head = (f"model {sym.name!r}: d = {sym.d}, n = {sym.n}, prior {sym.prior_label}; {len(rows)} rows "
+            f"in {sum(r.seconds for r in rows):.1f} s (intervals rounded outward)")
+    lines = [head, ""]
     for r in rows:
         z = "(" + ", ".join(f"{v:.4g}" for v in r.latent) + ")"
         lines.append(f"z0 = {z}, gamma^2 = {r.gamma2:g}  ({r.seconds:.1f} s)")

@@ -167,7 +167,7 @@ def test_elbo_at_given_encoder_is_a_lower_bound() -> None:
     """ELBO(μ, s) at a non-optimal encoder: its certified ball lies below ELBO* (C1/C2) and
     contains the closed-form ELBO of the linear-Gaussian model."""
     gamma2 = 1e2
-    _, es, m, s = closed_form(A1, Z1, gamma2)
+    _, es, _m, _s = closed_form(A1, Z1, gamma2)
     mu = [exact_float(0.7)]
     sv = [exact_float(0.004)]
     with working_precision(110):
@@ -203,7 +203,7 @@ def test_krawczyk_refuses_a_far_hint() -> None:
 def test_prior_tails_against_scipy(u: float) -> None:
     """One-sided tails: Gaussian and logistic exact, Student-t an upper bound (scipy as the
     independent reference; relative slack 1e-12 for its float64 rounding)."""
-    dummy = lambda t: t  # noqa: E731 (logpdf unused by tail())
+    dummy = lambda t: t
     with working_precision(128):
         g = CertPrior1D("gaussian", ((0, 1), (2, 1)), dummy).tail(exact_float(u))
         lg = CertPrior1D("logistic", ((0, 1), (1, 2)), dummy).tail(exact_float(u))
@@ -235,7 +235,7 @@ def test_polynomial_tail_bound_dominates_brute_force() -> None:
     mu, sd, T = 0.5, 0.3, 2.0
     with working_precision(128):
         bound = float(polynomial_tail_bound([arb(1), arb(0), arb(2)], arb(mu), arb(sd), 2, exact_float(T)).upper())
-    P = lambda r: 1 + 2 * r * r  # noqa: E731
+    P = lambda r: 1 + 2 * r * r
 
     def dens(y, x):
         return math.exp(-(x * x + y * y) / 2) / (2 * math.pi) * P(mu + sd * math.hypot(x, y))

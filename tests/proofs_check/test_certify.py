@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from numerics.certified import NotCertified, working_precision
 from proofs_check.certify import (
     Unbounded,
     add_certify_parser,
+    cert_problem,
     certify_point,
     certify_spec,
     compile_arb,
     elbo_exprs,
-    cert_problem,
     growth_bound,
     interval_strings,
     sympy_number_to_arb,
@@ -34,8 +33,8 @@ from proofs_check.certify import (
 from proofs_check.claims_certified import CERTIFIED_FAULTS, certified_checks
 from proofs_check.cli import UserError
 from proofs_check.context import Context, builtin_spec
-from theory.exact import EPS, LinearGaussian
-from theory.spec import PRIOR_VARIABLE, logistic_prior, loads_spec, student_t_prior
+from theory.exact import LinearGaussian
+from theory.spec import PRIOR_VARIABLE, loads_spec, logistic_prior, student_t_prior
 
 TARGET = 1e-15
 z1, z2 = sp.symbols("z1 z2", real=True)

@@ -176,7 +176,7 @@ class GroupMean:
     quad: float
     num_groups: int
 
-    def as_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float]:
         return {"value": self.value, "se": self.se, "quad": self.quad, "groups": self.num_groups}
 
 
@@ -222,9 +222,9 @@ class CandidateObjectives:
     E: GroupMean | None
     E_full: GroupMean | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "L": self.L.as_dict() if self.L else None, "E": self.E.as_dict() if self.E else None,
-                "E_full": self.E_full.as_dict() if self.E_full else None, "max_modes": int(self.n_modes.max()),
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "L": self.L.to_dict() if self.L else None, "E": self.E.to_dict() if self.E else None,
+                "E_full": self.E_full.to_dict() if self.E_full else None, "max_modes": int(self.n_modes.max()),
                 "not_converged": self.not_converged}
 
 
@@ -280,14 +280,14 @@ class PopulationObjectives:
             cands.append(_candidate(c.name, sub, c.n_modes[rows], c.not_converged, self.groups[rows]))
         return PopulationObjectives(self.gamma2, cands, _renumber(self.groups[rows]), self.reference, dict(self.meta))
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"gamma2": self.gamma2, "candidates": [c.as_dict() for c in self.candidates], **self.meta}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"gamma2": self.gamma2, "candidates": [c.to_dict() for c in self.candidates], **self.meta}
         diffs = []
         for j in range(len(self.candidates)):
             row: dict[str, Any] = {"name": self.candidates[j].name}
             for key in _KEYS:
                 if getattr(self.candidates[j], _KEYS[key][0]) is not None and getattr(self.candidates[self.reference], _KEYS[key][0]) is not None:
-                    row[key] = self.diff(key, j).as_dict()
+                    row[key] = self.diff(key, j).to_dict()
             diffs.append(row)
         out["differences_to_reference"] = diffs
         return out

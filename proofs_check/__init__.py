@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_spec", "evaluate", "derive", "verify", "claims", "experiment", "Evaluation", "Derivation", "VerifyReport"]
+__all__ = ["load_spec", "evaluate", "derive", "verify", "claims", "experiment", "certify", "Evaluation", "Derivation", "VerifyReport"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,7 +30,7 @@ from .registry import Claim
 from .runtime import torch_threads
 
 __all__ = [
-    "load_spec", "evaluate", "derive", "verify", "claims", "experiment",
+    "load_spec", "evaluate", "derive", "verify", "claims", "experiment", "certify",
     "Evaluation", "Derivation", "VerifyReport", "SpecError", "SymbolicModel", "Claim",
 ]
 
@@ -184,3 +184,16 @@ def experiment(names: Sequence[str] | None = None, *, mode: str = "quick", seeds
 
     with torch_threads():
         return run_experiments(names, mode=mode, device=device, seeds=seeds, out=out, progress=progress, plots=plots)
+
+
+def certify(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, prec: int | None = None, progress: bool = False) -> list[Any]:
+    """`gapcheck certify`: rigorous Arb ball enclosures of log p, ELBO* (mean-field), the gap and
+    c_IMA at every latent point and γ² of a d ≤ 2 spec (docs/certified.md).  One
+    ``proofs_check.certify.CertifiedRow`` per point and γ²: ``intervals`` (decimal strings rounded
+    outward), ``status`` per quantity (certified / lower or upper bound only / not certified: why),
+    ``to_dict()``."""
+    from .certify import certify_spec
+
+    sym = load_spec(spec)
+    with torch_threads():
+        return certify_spec(sym, prec=prec, progress=progress)

@@ -60,26 +60,23 @@ QUANTITIES = ("log_px", "elbo_star", "gap", "c_ima")
 
 
 def _arb_names() -> dict[type, str]:
-    """sympy function class -> name of its python-flint arb counterpart.
+    """sympy function class -> name of its rigorous ball implementation
+    (numerics.certified.ARB_FUNCTIONS), derived from the one function table
+    (theory.functions, column ``python_flint_arb``).  The table names arb's own method; the
+    ball implementations are keyed by the plain name (``__abs__`` -> ``abs``).  A function
+    without a rigorous implementation (e.g. ``sign``) is left out, and a spec using it is
+    refused as not certifiable."""
+    from numerics.certified import ARB_FUNCTIONS
+    from theory.functions import FUNCTIONS
 
-    The lead will replace this body by a derivation from theory.functions (the single table
-    of allowed spec functions, field ``python_flint_arb``); numerics.certified.ARB_FUNCTIONS
-    holds the rigorous (branch-cut guarded) implementation of each name."""
-    return {
-        sp.exp: "exp",
-        sp.log: "log",
-        sp.sin: "sin",
-        sp.cos: "cos",
-        sp.tan: "tan",
-        sp.tanh: "tanh",
-        sp.sinh: "sinh",
-        sp.cosh: "cosh",
-        sp.atan: "atan",
-        sp.asinh: "asinh",
-        sp.erf: "erf",
-        sp.loggamma: "lgamma",
-        sp.Abs: "abs",
-    }
+    out: dict[type, str] = {}
+    for f in FUNCTIONS:
+        if f.sympy_class is None or f.python_flint_arb is None:
+            continue
+        name = f.python_flint_arb.strip("_")
+        if name in ARB_FUNCTIONS:
+            out[f.sympy_class] = name
+    return out
 
 
 def sympy_number_to_arb(e: sp.Expr) -> arb:
@@ -736,7 +733,7 @@ class CertifiedRow:
     details: dict[str, Any] = field(default_factory=dict)
     balls: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "latent": self.latent,
             "gamma2": self.gamma2,
@@ -769,7 +766,7 @@ def _fast_hints(sym: SymbolicModel, point, gamma2: float):
     st = elbo_star(model, [pm])[0]
     modes = pm.modes.tolist()
     scales = [pm.scale(j).tolist() for j in range(pm.count)]
-    return modes, scales, st.mu.tolist(), st.s.tolist()
+    return modes, scales, st.argmax["mu"].tolist(), st.argmax["s"].tolist()
 
 
 def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, prec: int | None = None,
@@ -990,7 +987,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     payload = {
         "model": {"name": sym.name, "d": sym.d, "n": sym.n, "decoder": [str(c) for c in sym.decoder], "prior": sym.prior_label},
         "certified": True,
-        "rows": [r.as_dict() for r in rows],
+        "rows": [r.to_dict() for r in rows],
     }
     text = dumps_json(payload)
     if args.json:

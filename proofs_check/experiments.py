@@ -527,7 +527,6 @@ def run_e5(ctx: ExpContext) -> dict[str, Any]:
         checks.append({"name": f"E5 {label}: log p is unchanged by the rotation (Gaussian prior)", "kind": "guarantee",
                        "passed": bool(flat < 1e-6),
                        "detail": f"max |Δ log p| over θ = {flat:.2e}"})
-        r0 = sel[0]
         margins = [(r["theta"], r["elbo_star_drop"]["value"], r["elbo_star_drop"]["error"]) for r in sel[1:]]
         checks.append({"name": f"E5 {label}: ELBO* prefers θ = 0 (the decoder itself) over its rotations",
                        "passed": bool(all(m > 2 * e for _, m, e in margins)),

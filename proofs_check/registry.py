@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-Evidence = Literal["symbolic", "numerical", "convergence", "property"]
+Evidence = Literal["symbolic", "numerical", "convergence", "property", "certified"]
 
 
 Comparison = Literal["at_most", "at_least", "holds"]

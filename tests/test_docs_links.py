@@ -32,6 +32,7 @@ NOT_IN_REPOSITORY: dict[str, str] = {
     "report.json": "written by `gapcheck verify`",
     "my.toml": "the user's own spec in the examples",
     "out.json": "the user's chosen output file in the examples",
+    "cert.json": "the user's chosen output file of gapcheck certify in the examples",
     "SPEC.toml": "placeholder for any spec file",
 }
 

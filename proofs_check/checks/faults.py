@@ -38,6 +38,8 @@ FAULTS: dict[str, str] = {
     "linear_a1": "the linear-model a1 formula applied to a curved decoder (C16)",
     "fullcov_scoring": "candidates scored with the full-covariance ELBO* instead of the mean-field one (C17)",
     "unpaired": "fresh data samples for each candidate θ instead of the same ones (C17)",
+    "relative_1e-10_elbo_star": "the fast ELBO* multiplied by 1 + 1e-10 inside the estimator (V1)",
+    "relative_1e-10_log_px": "the fast log p multiplied by 1 + 1e-10 inside the estimator (V1)",
     "single_mode": "mode search off: the second posterior mode is missed (N1)",
     "wrong_is_right": "the wrong contrast taken as c_IMA (N2)",
 }

@@ -1,4 +1,4 @@
-"""proofs_check.certify and proofs_check.claims_certified: the sympy -> Arb translation, the
+"""proofs_check.certify and proofs_check.checks.certified: the sympy -> Arb translation, the
 growth bounds behind the tail bounds, certified rows against the linear-Gaussian closed form
 (theory.exact, evaluated in Arb by the same translator from its exact sympy expression), the
 decimal output rounded outward, the "not certified" paths, the CLI pieces, and the
@@ -30,7 +30,7 @@ from proofs_check.certify import (
     sympy_number_to_arb,
     to_arb,
 )
-from proofs_check.claims_certified import CERTIFIED_FAULTS, certified_checks
+from proofs_check.checks.certified import CERTIFIED_FAULTS, certified_checks
 from proofs_check.cli import UserError
 from proofs_check.context import Context, builtin_spec
 from theory.exact import LinearGaussian
@@ -292,7 +292,7 @@ def _tiny_context() -> Context:
 def test_certified_checks_pass_and_faults_are_rejected() -> None:
     ctx = _tiny_context()
     res = certified_checks(ctx, None, cases=[("lin1", 0, 100.0)])
-    assert res and all(r.passed for r in res), [r.as_dict() for r in res if not r.passed]
+    assert res and all(r.passed for r in res), [r.to_dict() for r in res if not r.passed]
     for fault in CERTIFIED_FAULTS:
         fres = certified_checks(ctx, fault, cases=[("lin1", 0, 100.0)])
         failed = [r.name for r in fres if not r.passed]
@@ -305,6 +305,6 @@ def test_certified_checks_pass_and_faults_are_rejected() -> None:
 def test_certified_checks_default_set() -> None:
     ctx = Context(mode="default", device="cpu")
     res = certified_checks(ctx, None)
-    assert res and all(r.passed for r in res), [r.as_dict() for r in res if not r.passed]
+    assert res and all(r.passed for r in res), [r.to_dict() for r in res if not r.passed]
     for fault in CERTIFIED_FAULTS:
         assert any(not r.passed for r in certified_checks(ctx, fault))

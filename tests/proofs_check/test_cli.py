@@ -113,7 +113,7 @@ def test_noninjective_decoder_is_flagged(tmp_path: Path) -> None:
 def test_claims_listing(capsys: pytest.CaptureFixture) -> None:
     assert main(["claims", "--json"]) == 0
     ids = [c["id"] for c in json.loads(capsys.readouterr().out)]
-    assert ids == [f"C{i}" for i in range(1, 18)] + ["N1", "N2"]
+    assert ids == [f"C{i}" for i in range(1, 18)] + ["N1", "N2", "V1"]
 
 
 def test_unknown_claim_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -28,7 +28,7 @@ Quantities (THEORY notation; ε = γ⁻², x = f(z0)):
 * c_IMA from an enclosure of J(z0) (:func:`c_ima_ball`).
 
 Nothing here knows sympy: the integrands arrive as callables that accept lists of ``arb``
-(real intervals) or ``acb`` (complex balls), built by proofs_check.certify from the spec.
+(real intervals) or ``acb`` (complex balls), built by proofs_check.certification from the spec.
 Complex evaluation must be *analytic-checked*: every function with a branch cut or a kink
 returns a non-finite ball when its argument ball touches the cut (:data:`ARB_FUNCTIONS`), so
 that a finite enclosure of an integrand on a complex ball proves it holomorphic there, as

@@ -189,10 +189,10 @@ def experiment(names: Sequence[str] | None = None, *, mode: str = "quick", seeds
 def certify(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, prec: int | None = None, progress: bool = False) -> list[Any]:
     """`gapcheck certify`: rigorous Arb ball enclosures of log p, ELBO* (mean-field), the gap and
     c_IMA at every latent point and γ² of a d ≤ 2 spec (docs/certified.md).  One
-    ``proofs_check.certify.CertifiedRow`` per point and γ²: ``intervals`` (decimal strings rounded
+    ``proofs_check.certification.CertifiedRow`` per point and γ²: ``intervals`` (decimal strings rounded
     outward), ``status`` per quantity (certified / lower or upper bound only / not certified: why),
     ``to_dict()``."""
-    from .certify import certify_spec
+    from .certification import certify_spec
 
     sym = load_spec(spec)
     with torch_threads():

@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--report", metavar="JSON", help="with --markdown: take evidence and status from a verify report.json")
     cl.set_defaults(func=cmd_claims)
 
-    from .certify import add_certify_parser
+    from .certification import add_certify_parser
     from .experiments import add_experiment_parser
 
     add_certify_parser(sub)

@@ -3,7 +3,7 @@
 On a fixed set of built-in models, points and γ² (:func:`certified_cases`), every fast
 estimate of `evaluate` (numerics.posterior / numerics.elbo through
 numerics.sweep.evaluate_points, the real code path) is compared with the certified
-enclosure of proofs_check.certify:
+enclosure of proofs_check.certification:
 
 * **meets the ball**: the distance from the fast value to the ball is at most the fast
   path's stated error (value ± error intersects the ball: the stated error is not refuted);
@@ -124,7 +124,7 @@ def _ends(ball: arb | None) -> tuple[arb | None, arb | None]:
 
 def certified_row(ctx, name: str, point: int, gamma2: float):
     """The certified row for a built-in model (cached in the run's Context)."""
-    from ..certify import certify_point
+    from ..certification import certify_point
 
     key = ("certified", name, point, float(gamma2))
     if key not in ctx.cache:

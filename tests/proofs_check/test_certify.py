@@ -1,4 +1,4 @@
-"""proofs_check.certify and proofs_check.checks.certified: the sympy -> Arb translation, the
+"""proofs_check.certification and proofs_check.checks.certified: the sympy -> Arb translation, the
 growth bounds behind the tail bounds, certified rows against the linear-Gaussian closed form
 (theory.exact, evaluated in Arb by the same translator from its exact sympy expression), the
 decimal output rounded outward, the "not certified" paths, the CLI pieces, and the
@@ -17,7 +17,7 @@ import sympy as sp
 from flint import acb, arb
 
 from numerics.certified import NotCertified, working_precision
-from proofs_check.certify import (
+from proofs_check.certification import (
     Unbounded,
     add_certify_parser,
     cert_problem,

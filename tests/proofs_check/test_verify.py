@@ -14,6 +14,7 @@ import torch
 import numerics.sweep as ev
 from numerics.elbo import elbo_gh
 from proofs_check.cli import main
+from proofs_check.properties import no_shrinking
 
 
 def test_verify_passes_and_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -38,7 +39,8 @@ def test_fault_in_c_ima_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         return real(J) - 0.5 * torch.linalg.slogdet(J.T @ J)[1]
 
     monkeypatch.setattr(ev, "c_ima_from_jacobian", wrong)
-    code = main(["verify", "--quick", "--claims", "C11", "--out", str(tmp_path / "r"), "--no-progress", "--no-plots"])
+    with no_shrinking():  # the claim must fail; shrinking its counterexample only costs time here
+        code = main(["verify", "--quick", "--claims", "C11", "--out", str(tmp_path / "r"), "--no-progress", "--no-plots"])
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED claims: C11" in out
@@ -57,7 +59,8 @@ def test_fault_in_elbo_optimizer_is_caught(tmp_path: Path, monkeypatch: pytest.M
         return out
 
     monkeypatch.setattr(ev, "elbo_star", sloppy)
-    code = main(["verify", "--quick", "--claims", "C7,C11", "--out", str(tmp_path / "r"), "--no-progress", "--no-plots"])
+    with no_shrinking():
+        code = main(["verify", "--quick", "--claims", "C7,C11", "--out", str(tmp_path / "r"), "--no-progress", "--no-plots"])
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED claims: C7, C11" in out

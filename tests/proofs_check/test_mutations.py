@@ -21,6 +21,7 @@ import numerics.jacobian as jacobian
 import numerics.models as models
 import numerics.posterior as posterior
 import numerics.sweep as sweep
+from proofs_check.properties import no_shrinking
 from proofs_check.verification import run_verify
 
 Patch = Callable[[pytest.MonkeyPatch], None]
@@ -177,7 +178,7 @@ MUTATIONS = [
 def _rejected(m: Mutation, mode: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     _clear_symbolic_caches()
     try:
-        with monkeypatch.context() as mp:
+        with monkeypatch.context() as mp, no_shrinking():  # a failing property need not shrink its example here
             m.apply(mp)
             report, _ = run_verify(list(m.caught_by), mode=mode, show_progress=False)
     finally:

@@ -25,26 +25,125 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.func import hessian, vmap
 
 from .estimate import Estimate
 from .models import Model
-from .optimize import ConvergenceError, newton_maximize
+from .optimize import ConvergenceError, NewtonResult, newton_maximize
 from .quadrature import LOG_2PI, UNIT_ROUNDOFF, gauss_hermite, refinement_levels
 
 Tensor = torch.Tensor
 
 #: Modes whose Laplace mass is below e^-40 of the largest are dropped (relative effect < 5e-18).
 MODE_MASS_CUTOFF = 40.0
+#: Width δ (relative to the prior's scale) of the smoothing √(y² + δ²) of |y| used to locate a
+#: posterior mode that sits on a kink of the prior (:func:`find_modes`).
+KINK_WIDTH = 1e-9
 
 
-def scaled_log_joint(model: Model):
-    """φ̃(z; x, ε) = ε·φ(z) = −½‖x − f(z)‖² + ε ℓ(z), for one item (z of shape (d,))."""
+def scaled_log_joint(model: Model, kink_width: float = 0.0):
+    """φ̃(z; x, ε) = ε·φ(z) = −½‖x − f(z)‖² + ε ℓ(z), for one item (z of shape (d,)).
+
+    ``kink_width`` δ > 0 replaces every kink |t − c| of the prior by √((t − c)² + δ²)
+    (:meth:`numerics.models.Prior1D.smoothed_log_prob`): a smooth surrogate used only to locate
+    a posterior mode that sits on a kink (see :func:`find_modes`)."""
 
     def fn(z: Tensor, x: Tensor, eps: Tensor) -> Tensor:
         r = x - model.decoder(z)
-        return -0.5 * (r * r).sum() + eps * model.prior.log_prob(z)
+        if kink_width > 0:
+            ell = sum(f.smoothed_log_prob(z[..., k], kink_width) for k, f in enumerate(model.prior.factors))
+        else:
+            ell = model.prior.log_prob(z)
+        return -0.5 * (r * r).sum() + eps * ell
 
     return fn
+
+
+def _is_linalg_failure(exc: BaseException) -> bool:
+    return isinstance(exc, torch.linalg.LinAlgError) or (isinstance(exc, RuntimeError) and "linalg" in str(exc))
+
+
+def newton_robust(fun, x0: Tensor, args: tuple[Tensor, ...] = (), **kwargs) -> NewtonResult:
+    """:func:`numerics.optimize.newton_maximize`, with failures confined to the items that cause
+    them: items whose start has a non-finite value, gradient or Hessian are not run, and when
+    the batched run still fails in linear algebra (a Hessian that turns non-finite on the way,
+    e.g. near a singularity of log or sqrt) every item is rerun alone.  Failed items come back
+    with ``converged`` False and NaN values, so callers report them by name instead of crashing."""
+    from torch.func import grad, hessian, vmap
+
+    B = x0.shape[0]
+    with torch.no_grad():
+        v0 = vmap(fun)(x0, *args)
+        g0 = vmap(grad(fun))(x0, *args)
+        h0 = vmap(hessian(fun))(x0, *args)
+    ok = torch.isfinite(v0) & torch.isfinite(g0).all(-1) & torch.isfinite(h0).flatten(1).all(-1)
+
+    def failed(n: int) -> NewtonResult:
+        nan = torch.full((n,), float("nan"), dtype=x0.dtype, device=x0.device)
+        p = x0.shape[1]
+        return NewtonResult(x0[:n].clone(), nan, torch.full((n, p), float("nan"), dtype=x0.dtype, device=x0.device),
+                            torch.full((n, p, p), float("nan"), dtype=x0.dtype, device=x0.device), nan.clone(),
+                            torch.zeros(n, dtype=torch.bool, device=x0.device), 0)
+
+    def run(idx: Tensor) -> NewtonResult:
+        sub = tuple(a[idx] for a in args)
+        noise = kwargs.get("value_noise")
+        kw = dict(kwargs, value_noise=None if noise is None else noise[idx])
+        return newton_maximize(fun, x0[idx], sub, **kw)
+
+    out = failed(B)
+    out.x = x0.clone()
+    good = ok.nonzero().flatten()
+    if good.numel() == 0:
+        return out
+    try:
+        parts = [(good, run(good))]
+    except Exception as exc:  # noqa: BLE001 - only linear-algebra failures are confined, the rest re-raised
+        if not _is_linalg_failure(exc):
+            raise
+        parts = []
+        for i in good.tolist():
+            idx = torch.tensor([i], device=x0.device)
+            try:
+                parts.append((idx, run(idx)))
+            except Exception as exc_i:  # noqa: BLE001
+                if not _is_linalg_failure(exc_i):
+                    raise
+    for idx, res in parts:
+        fin = torch.isfinite(res.value) & torch.isfinite(res.x).all(-1) & torch.isfinite(res.hess).flatten(1).all(-1)
+        out.x[idx] = res.x
+        out.value[idx] = res.value
+        out.grad[idx] = res.grad
+        out.hess[idx] = res.hess
+        out.decrement[idx] = res.decrement
+        out.converged[idx] = res.converged & fin
+        out.iterations = max(out.iterations, res.iterations)
+    return out
+
+
+def refinement_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
+    """Error estimate and convergence of a refinement sequence v_1, v_2, … (nodes doubling).
+
+    With δ_j = |v_j − v_{j−1}| and r = δ_last/δ_prev: the sequence has converged when δ_last ≤
+    ``tol_abs``, or when it converges fast (r ≤ 0.1) and the geometric tail δ_last·r/(1 − r)
+    left after the last level is ≤ ``tol_abs``; the error estimate is then δ_last (an upper
+    bound on the tail).  Otherwise it has not converged and the error must not claim converged
+    accuracy: δ_last/(1 − r) (the geometric tail including the last step) when the steps shrink
+    (r < 1), else the largest step seen.  ``inf`` with fewer than two values."""
+    if len(values) < 2:
+        return math.inf, False
+    diffs = [abs(b - a) for a, b in zip(values, values[1:])]
+    last = diffs[-1]
+    if not math.isfinite(last):
+        return math.inf, False
+    if last <= tol_abs:
+        return last, True
+    r = last / diffs[-2] if len(diffs) >= 2 and diffs[-2] > 0 else math.inf
+    if r <= 0.1 and last * r / (1 - r) <= tol_abs:
+        return last, True
+    if r < 1:
+        return last / (1 - r), False
+    return max(diffs), False
 
 
 def log_joint(model: Model, z: Tensor, x: Tensor, gamma2: float) -> Tensor:
@@ -126,31 +225,56 @@ def find_modes(
     Z0 = torch.cat(starts_per)
     X = torch.cat([xs[b].expand(c, -1) for b, c in enumerate(counts)])
     E = torch.cat([(1.0 / g2[b]).expand(c) for b, c in enumerate(counts)])
-    res = newton_maximize(scaled_log_joint(model), Z0, (X, E), max_iter=200)
+    res = newton_robust(scaled_log_joint(model), Z0, (X, E), max_iter=200)
+    kink_res = None
+    if model.prior.kinks and not bool(res.converged.all()):
+        # a posterior mode on a kink of the prior (Laplace at small γ²): Newton oscillates across it;
+        # locate the mode on a smoothed surrogate, then test it with the true φ̃ below
+        bad = (~res.converged).nonzero().flatten()
+        kink_res = (bad, newton_robust(scaled_log_joint(model, kink_width=KINK_WIDTH), Z0[bad], (X[bad], E[bad]),
+                                       max_iter=200))
+    hess_true = vmap(hessian(scaled_log_joint(model)))
     out: list[PosteriorModes] = []
     offset = 0
     d = model.d
     for b, c in enumerate(counts):
         sl = slice(offset, offset + c)
-        offset += c
         z, H, conv = res.x[sl], res.hess[sl], res.converged[sl]
+        tries = [(z[i], H[i]) for i in range(c) if bool(conv[i]) and bool(torch.isfinite(z[i]).all())]
+        if kink_res is not None:
+            bad, kr = kink_res
+            sel = ((bad >= offset) & (bad < offset + c) & kr.converged).nonzero().flatten()
+            if sel.numel():
+                zk = kr.x[sel]
+                Hk = hess_true(zk, X[bad[sel]], E[bad[sel]])
+                tries += [(zk[j], Hk[j]) for j in range(zk.shape[0]) if bool(torch.isfinite(Hk[j]).all())]
+        offset += c
         cand = []
-        for i in range(c):
-            if not bool(conv[i]) or not bool(torch.isfinite(z[i]).all()):
-                continue
-            Ht = -H[i]
+        gamma2 = float(g2[b])
+        for zi, Hi in tries:
+            Ht = -Hi
             Ht = 0.5 * (Ht + Ht.T)
             R, info = torch.linalg.cholesky_ex(Ht)
             if int(info) != 0:
                 continue  # a saddle or a flat direction, not a strict maximum
-            gamma2 = float(g2[b])
-            phi = float(log_joint(model, z[i], xs[b], gamma2))
+            phi = float(log_joint(model, zi, xs[b], gamma2))
+            if not math.isfinite(phi):
+                continue
             lm = phi + 0.5 * d * LOG_2PI + 0.5 * d * math.log(1.0 / gamma2) - float(torch.log(torch.diagonal(R)).sum())
-            cand.append((lm, z[i], R))
+            cand.append((lm, zi, R))
         if not cand:
+            where = (f"z0 = {[round(v, 12) for v in z_inits[b].tolist()]}" if z_inits is not None
+                     else f"x = {[round(v, 12) for v in xs[b].tolist()]}")
+            finite = int(torch.isfinite(res.value[sl]).sum()) if bool(res.converged[sl].any()) else None
+            why = ""
+            if not bool(torch.isfinite(res.value[sl]).any()) and finite is None:
+                why = ("; log p0(z) p_γ(x|z) is not finite at the starts or along the way (is the decoder defined "
+                       "on all of R^d near z0, e.g. no log or sqrt of a negative number?)")
+            elif model.prior.kinks:
+                why = "; the prior has a kink (ℓ not differentiable) that the mode may sit on"
             raise ConvergenceError(
-                f"posterior mode search failed for item {b} (γ² = {float(g2[b]):g}): no start converged "
-                "to a strict local maximum of log p0(z) p_γ(x|z)"
+                f"posterior mode search failed at {where}, γ² = {gamma2:g}: no start converged to a strict local "
+                f"maximum of log p0(z) p_γ(x|z){why}"
             )
         cand.sort(key=lambda t: -t[0])
         kept: list[tuple[float, Tensor, Tensor]] = []
@@ -268,8 +392,9 @@ def log_marginal_gh(
     Student-t tails at small γ², overlapping modes) and d ≤ 2, the sinh-mapped trapezoid rule
     (:func:`sinh_trapezoid_rule`, h = 0.2 … 0.025, one chart for all modes,
     :func:`_log_integral_chart`) is tried too, and the estimate with the
-    smaller refinement difference is returned.  The error estimate is the last refinement
-    difference plus :func:`rounding_bound`; ``diagnostics["converged"]`` is False when no rule met
+    smaller refinement difference is returned.  The error estimate is :func:`refinement_error`
+    (the last refinement difference, or a geometric-tail bound when the refinement did not
+    converge) plus :func:`rounding_bound`; ``diagnostics["converged"]`` is False when no rule met
     the tolerance.
     """
     d = model.d
@@ -294,7 +419,7 @@ def log_marginal_gh(
                                     integral=_log_integral_chart)
         if abs(tvals[-1] - tvals[-2]) < abs(vals[-1] - vals[-2]):
             vals, used, conv, method = tvals, tused, tconv, "sinh_trapezoid"
-    diff = abs(vals[-1] - vals[-2]) if len(vals) >= 2 else float("inf")
+    diff, conv = refinement_error(vals, tol * max(1.0, abs(vals[-1])) + rb)
     err = diff + rb
     info: dict[str, Any] = {
         "levels": used,

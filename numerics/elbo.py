@@ -22,7 +22,7 @@ import torch
 from .estimate import Estimate
 from .models import Model
 from .optimize import ConvergenceError
-from .posterior import PosteriorModes, divergent_term, newton_robust, refinement_error, rounding_bound
+from .posterior import PosteriorModes, divergent_term, newton_robust, refinement_error, rounding_bound, value_rounding
 from .quadrature import gauss_hermite, refinement_levels
 
 Tensor = torch.Tensor
@@ -217,7 +217,8 @@ def elbo_star(
             "n_local_optima": int(idx.numel()),
             "reduced": True,
         }
-        out.append(Estimate(v, df + dv + rbb, "gauss_hermite_newton", "refinement", diag, {"mu": mu, "s": sv}))
+        out.append(Estimate(v, df + dv + rbb + value_rounding(v), "gauss_hermite_newton", "refinement", diag,
+                            {"mu": mu, "s": sv}))
     return out
 
 
@@ -272,6 +273,6 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     out = []
     for b in range(len(posts)):
         df, _ = ref.error(b, tol * max(1.0, abs(float(ref.value[b]))) + float(rb[b]))
-        err = df + float(ref.dec[b]) + float(rb[b])
+        err = df + float(ref.dec[b]) + float(rb[b]) + value_rounding(float(ref.value[b]))
         out.append(Estimate(float(ref.value[b]), err, "gauss_hermite_newton_fullcov", "refinement", {"reduced": True}))
     return out

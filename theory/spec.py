@@ -76,7 +76,7 @@ MAX_LITERAL_CHARS = 100
 #: Largest magnitude of a number anywhere in an expression (float64 overflows at 1.8e308).
 MAX_MAGNITUDE = 1e300
 #: Latent dimension d and number of decoder outputs n.
-MAX_LATENTS = 8
+MAX_LATENTS = 6
 MAX_OUTPUTS = 64
 #: Latent points, decoder precisions, and (point, γ²) evaluations of one spec.
 MAX_POINTS = 1000
@@ -444,8 +444,8 @@ def _param(value: sp.Expr, prior: str, pname: str, lo: float | None = None, hi: 
     if v.imag != 0 or not math.isfinite(v.real):
         raise SpecError(f"{prior}: {pname} must be a finite real number, got {sp.sstr(value)[:60]}")
     x = v.real
-    if abs(x) < 1e-100:  # zero to 30 digits (an exact zero that sympy does not simplify)
-        x = 0.0
+    if abs(x) < 1e-100 and not sp.sympify(value).is_Rational:  # an exact zero that sympy does not simplify:
+        x = 0.0  # its 30-digit value is cancellation noise
     if absolute is not None and abs(x) > absolute:
         raise SpecError(f"{prior}: |{pname}| must be <= {absolute:g}, got {x:g}")
     if lo is not None and not x > 0:

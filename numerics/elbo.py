@@ -21,11 +21,22 @@ import torch
 
 from .estimate import Estimate
 from .models import Model
-from .optimize import ConvergenceError, newton_maximize
-from .posterior import PosteriorModes, divergent_term, rounding_bound
+from .optimize import ConvergenceError
+from .posterior import PosteriorModes, divergent_term, newton_robust, refinement_error, rounding_bound, value_rounding
 from .quadrature import gauss_hermite, refinement_levels
 
 Tensor = torch.Tensor
+
+
+def _prior_expectation(model: Model, z: Tensor, w: Tensor, mu: Tensor, var: Tensor) -> Tensor:
+    """E_q[ℓ(z)] for q with marginals N(μ_k, var_k), nodes ``z`` and weights ``w`` of q.
+
+    By the quadrature rule, unless a prior factor has a closed-form Gaussian expectation (the
+    Laplace prior, whose kink makes quadrature converge slowly while E_q[ℓ_k] is smooth in
+    (μ_k, var_k)): then :meth:`numerics.models.Prior.expected_log_prob` uses it for that factor."""
+    if model.prior.has_gaussian_expectation:
+        return model.prior.expected_log_prob(z, w, mu, var)
+    return (w * model.prior.log_prob(z)).sum()
 
 
 def _elbo_red_scaled(model: Model, nodes: Tensor, logw: Tensor):
@@ -40,7 +51,7 @@ def _elbo_red_scaled(model: Model, nodes: Tensor, logw: Tensor):
         z = mu + sd * nodes
         r = x - model.decoder(z)
         fit = (w * (r * r).sum(-1)).sum() / (2 * eps)
-        return 0.5 * d + 0.5 * tau.sum() - fit + (w * model.prior.log_prob(z)).sum()
+        return 0.5 * d + 0.5 * tau.sum() - fit + _prior_expectation(model, z, w, mu, sd * sd)
 
     return fn
 
@@ -78,6 +89,12 @@ class _Refined:
     dec: Tensor  # final Newton decrement
     gnorm: Tensor  # final gradient norm
     n_levels: Tensor  # levels used
+    history: Tensor  # (levels, B) value at each level (NaN where the start had left the sweep)
+
+    def error(self, i: int, tol_abs: float) -> tuple[float, bool]:
+        """(refinement error, converged) of start ``i`` (:func:`numerics.posterior.refinement_error`)."""
+        vals = [float(v) for v in self.history[: int(self.n_levels[i]), i]]
+        return refinement_error(vals, tol_abs)
 
 
 def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tensor, levels: list[int], tol: float,
@@ -85,10 +102,12 @@ def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tens
     """Maximize ``make_fun(nodes, logw)`` (a one-start objective built on a k^d Gauss–Hermite
     rule) for every start, doubling k along ``levels`` warm-started; a start leaves the sweep
     once two successive levels agree to tol·max(1, |value|) + its rounding bound ``rb``.
-    Raises ConvergenceError(failure(start, decrement, iterations)) if Newton does not converge."""
+    Raises ConvergenceError(failure(start, decrement, iterations)) if Newton does not converge
+    (also when the objective is not finite: ``failure`` gets a NaN decrement then)."""
     device = params.device
     params = params.clone()
     B = params.shape[0]
+    history = torch.full((len(levels), B), float("nan"), dtype=torch.float64, device=device)
     value = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
     diff = torch.full((B,), float("inf"), dtype=torch.float64, device=device)
     dec = torch.zeros(B, dtype=torch.float64, device=device)
@@ -98,8 +117,8 @@ def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tens
     for li, k in enumerate(levels):
         idx = active.nonzero().flatten()
         nodes, logw = gauss_hermite(k, d, device=device)
-        res = newton_maximize(make_fun(nodes, logw), params[idx], tuple(a[idx] for a in args), max_iter=max_iter,
-                              tol=1e-20, value_noise=rb[idx])
+        res = newton_robust(make_fun(nodes, logw), params[idx], tuple(a[idx] for a in args), max_iter=max_iter,
+                            tol=1e-20, value_noise=rb[idx])
         bad = ~res.converged
         if bool(bad.any()):
             j = int(bad.nonzero()[0])
@@ -108,6 +127,7 @@ def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tens
         if li >= 1:
             diff[idx] = (res.value - value[idx]).abs()
         value[idx] = res.value
+        history[li, idx] = res.value
         dec[idx] = res.decrement
         gnorm[idx] = torch.linalg.vector_norm(res.grad, dim=-1)
         n_levels[idx] = li + 1
@@ -116,7 +136,7 @@ def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tens
             active[idx[done]] = False
             if not bool(active.any()):
                 break
-    return _Refined(params, value, diff, dec, gnorm, n_levels)
+    return _Refined(params, value, diff, dec, gnorm, n_levels, history)
 
 
 def elbo_star(
@@ -125,6 +145,7 @@ def elbo_star(
     levels: list[int] | None = None,
     tol: float = 1e-13,
     max_iter: int = 100,
+    z0s: Tensor | None = None,
 ) -> list[Estimate]:
     """ELBO*(x) (reduced) for a batch of items, each given by its posterior modes (from
     :func:`numerics.posterior.find_modes`).
@@ -133,7 +154,10 @@ def elbo_star(
     non-injective decoder the mean-field q can only cover one mode).  Start: μ = ẑ_j,
     t_k = 1/H̃_kk (the mean-field lemma C2 applied to the Laplace precision).  Nodes per
     dimension double along ``levels`` (warm-started) until ELBO*_red changes by less than
-    ``tol``.  Error = last refinement difference + Newton decrement + rounding bound.
+    ``tol``.  Error = refinement error (:func:`numerics.posterior.refinement_error`: the last
+    refinement difference, or more when the refinement did not converge) + Newton decrement +
+    rounding bound.  ``z0s`` (one latent point per item, optional) only names the points in
+    error messages.
 
     Returns one :class:`Estimate` per item: ``argmax = {"mu": μ*, "s": s*}`` (tensors) and
     ``diagnostics`` with ``grad_norm``, ``newton_decrement``, ``levels``, ``converged`` (the
@@ -159,10 +183,19 @@ def elbo_star(
     Eb = torch.tensor(E, dtype=torch.float64, device=device)
     params = torch.stack(P)
     rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
+    def failure(i: int, dec: float, its: int) -> str:
+        b = items[i]
+        where = (f"z0 = {[round(v, 12) for v in z0s[b].tolist()]}" if z0s is not None
+                 else f"x = {[round(v, 12) for v in posts[b].x.tolist()]}")
+        if not math.isfinite(dec):
+            return (f"ELBO* is not finite at {where}, γ² = {posts[b].gamma2:g}: the decoder or the prior is not finite "
+                    "at some quadrature nodes of q around z0 (is the decoder defined on all of R^d near z0?)")
+        return (f"ELBO* optimizer did not converge at {where}, γ² = {posts[b].gamma2:g} (Newton decrement "
+                f"{dec:.3e} after {its} iterations)")
+
     ref = _refined_newton(
         lambda nodes, logw: _elbo_red_scaled(model, nodes, logw), params, (Xb, Eb, Mb), rb, levels, tol, max_iter, d,
-        lambda i, dec, its: f"ELBO* optimizer did not converge for x = {posts[items[i]].x.tolist()} at "
-        f"γ² = {posts[items[i]].gamma2:g} (Newton decrement {dec:.3e} after {its} iterations)",
+        failure,
     )
     params, value, diff, dec, gnorm, n_levels = ref.params, ref.value, ref.diff, ref.dec, ref.gnorm, ref.n_levels
     out: list[Estimate] = []
@@ -174,16 +207,18 @@ def elbo_star(
         a, tau = params[best, :d], params[best, d:]
         mu = Mb[best] + math.sqrt(eps) * a
         sv = eps * torch.exp(tau)
-        dv, rbb, df = float(dec[best]), float(rb[best]), float(diff[best])
+        dv, rbb = float(dec[best]), float(rb[best])
+        df, conv = ref.error(best, tol * max(1.0, abs(v)) + rbb)
         diag = {
             "grad_norm": float(gnorm[best]),
             "newton_decrement": dv,
             "levels": levels[: int(n_levels[best])],
-            "converged": df <= tol * max(1.0, abs(v)) + rbb,
+            "converged": conv,
             "n_local_optima": int(idx.numel()),
             "reduced": True,
         }
-        out.append(Estimate(v, df + dv + rbb, "gauss_hermite_newton", "refinement", diag, {"mu": mu, "s": sv}))
+        out.append(Estimate(v, df + dv + rbb + value_rounding(v), "gauss_hermite_newton", "refinement", diag,
+                            {"mu": mu, "s": sv}))
     return out
 
 
@@ -203,7 +238,8 @@ def _elbo_red_fullcov(model: Model, nodes: Tensor, logw: Tensor):
         z = mu + torch.sqrt(eps) * (nodes @ L.T)
         r = x - model.decoder(z)
         fit = (w * (r * r).sum(-1)).sum() / (2 * eps)
-        return 0.5 * d + logdiag.sum() - fit + (w * model.prior.log_prob(z)).sum()
+        var = eps * (L * L).sum(-1)  # marginal variances: diag(ε L Lᵀ)
+        return 0.5 * d + logdiag.sum() - fit + _prior_expectation(model, z, w, mu, var)
 
     return fn
 
@@ -236,6 +272,7 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     )
     out = []
     for b in range(len(posts)):
-        err = float(ref.diff[b]) + float(ref.dec[b]) + float(rb[b])
+        df, _ = ref.error(b, tol * max(1.0, abs(float(ref.value[b]))) + float(rb[b]))
+        err = df + float(ref.dec[b]) + float(rb[b]) + value_rounding(float(ref.value[b]))
         out.append(Estimate(float(ref.value[b]), err, "gauss_hermite_newton_fullcov", "refinement", {"reduced": True}))
     return out

@@ -196,12 +196,26 @@ class MLPDecoder(Decoder):
 
 
 class Prior1D:
-    """One factor p_k of p0; ``log_prob`` is ℓ_k, elementwise."""
+    """One factor p_k of p0; ``log_prob`` is ℓ_k, elementwise.
+
+    ``kinks``: points where ℓ_k is not differentiable (empty for a smooth prior).  A factor
+    may offer :meth:`gaussian_expectation`, E_{N(m, v)}[ℓ_k] in closed form; the ELBO then
+    uses it instead of quadrature (for a kinked ℓ_k quadrature converges slowly, the closed
+    form is smooth in (m, v))."""
 
     name: str = "prior"
+    kinks: tuple[float, ...] = ()
 
     def log_prob(self, t: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def gaussian_expectation(self, mean: Tensor, var: Tensor) -> Tensor | None:
+        """E_{t ~ N(mean, var)}[ℓ_k(t)] in closed form, or None when there is none."""
+        return None
+
+    def smoothed_log_prob(self, t: Tensor, width: float) -> Tensor:
+        """ℓ_k with its kinks smoothed over a relative ``width`` (ℓ_k itself when it has none)."""
+        return self.log_prob(t)
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator, dtype=DTYPE, device="cpu") -> Tensor:
         u = torch.rand(shape, generator=generator, dtype=dtype, device="cpu").clamp(1e-300, 1 - 1e-16)
@@ -269,6 +283,44 @@ class StudentTPrior1D(Prior1D):
         from scipy import stats
 
         return torch.as_tensor(stats.t.ppf(u.cpu().numpy(), self.nu), dtype=u.dtype)
+
+
+@dataclass
+class LaplacePrior1D(Prior1D):
+    """ℓ(t) = -|t - loc|/b - log(2b) (b = ``scale``): the paper's Laplace prior, with a kink at
+    t = loc (``kinks``).
+
+    Its Gaussian expectation is smooth in (m, v) although ℓ is not (σ = √v, y = m − loc):
+    E|y + σξ| = σ √(2/π) e^{−y²/(2σ²)} + y · erf(y/(σ√2)), so
+    E_{N(m, v)}[ℓ] = −E|y + σξ|/b − log(2b)."""
+
+    loc: float = 0.0
+    scale: float = 1.0
+    name: str = "laplace"
+
+    def __post_init__(self) -> None:
+        if not (self.scale > 0 and math.isfinite(self.scale)) or not math.isfinite(self.loc):
+            raise ModelError(f"laplace prior: scale must be finite and > 0 and loc finite, got loc = {self.loc}, "
+                             f"scale = {self.scale}")
+        self.kinks = (float(self.loc),)
+
+    def log_prob(self, t: Tensor) -> Tensor:
+        return -(t - self.loc).abs() / self.scale - math.log(2 * self.scale)
+
+    def smoothed_log_prob(self, t: Tensor, width: float) -> Tensor:
+        """|t − loc| replaced by √((t − loc)² + (width·b)²): smooth, within width·b of ℓ."""
+        y = t - self.loc
+        return -torch.sqrt(y * y + (width * self.scale) ** 2) / self.scale - math.log(2 * self.scale)
+
+    def gaussian_expectation(self, mean: Tensor, var: Tensor) -> Tensor:
+        y = mean - self.loc
+        sd = torch.sqrt(var)
+        e_abs = sd * math.sqrt(2 / math.pi) * torch.exp(-0.5 * (y / sd) ** 2) + y * torch.special.erf(y / (sd * math.sqrt(2)))
+        return -e_abs / self.scale - math.log(2 * self.scale)
+
+    def icdf(self, u: Tensor) -> Tensor:
+        v = u - 0.5
+        return self.loc - self.scale * torch.sign(v) * torch.log1p(-2 * v.abs())
 
 
 class ExpressionPrior1D(Prior1D):
@@ -343,6 +395,25 @@ class Prior:
         self.factors = tuple(factors)
         self.d = len(self.factors)
         self._same = all(f is self.factors[0] for f in self.factors)
+
+    @property
+    def kinks(self) -> list[tuple[int, float]]:
+        """(k, t) for every kink t of factor k (points where ℓ is not differentiable in z_k)."""
+        return [(k, t) for k, f in enumerate(self.factors) for t in f.kinks]
+
+    @property
+    def has_gaussian_expectation(self) -> bool:
+        """Whether some factor offers E_{N(m, v)}[ℓ_k] in closed form (see Prior1D)."""
+        return any(type(f).gaussian_expectation is not Prior1D.gaussian_expectation for f in self.factors)
+
+    def expected_log_prob(self, z: Tensor, w: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        """E_q[ℓ(z)] for q with marginals N(mean_k, var_k): each factor's closed form where it has
+        one, else the quadrature rule (nodes ``z`` (N, d) of q with weights ``w``, summing to 1)."""
+        total = torch.zeros((), dtype=z.dtype, device=z.device)
+        for k, f in enumerate(self.factors):
+            e = f.gaussian_expectation(mean[k], var[k])
+            total = total + (e if e is not None else (w * f.log_prob(z[..., k])).sum())
+        return total
 
     @classmethod
     def iid(cls, factor: Prior1D, d: int) -> "Prior":

@@ -25,26 +25,125 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.func import hessian, vmap
 
 from .estimate import Estimate
 from .models import Model
-from .optimize import ConvergenceError, newton_maximize
+from .optimize import ConvergenceError, NewtonResult, newton_maximize
 from .quadrature import LOG_2PI, UNIT_ROUNDOFF, gauss_hermite, refinement_levels
 
 Tensor = torch.Tensor
 
 #: Modes whose Laplace mass is below e^-40 of the largest are dropped (relative effect < 5e-18).
 MODE_MASS_CUTOFF = 40.0
+#: Width δ (relative to the prior's scale) of the smoothing √(y² + δ²) of |y| used to locate a
+#: posterior mode that sits on a kink of the prior (:func:`find_modes`).
+KINK_WIDTH = 1e-9
 
 
-def scaled_log_joint(model: Model):
-    """φ̃(z; x, ε) = ε·φ(z) = −½‖x − f(z)‖² + ε ℓ(z), for one item (z of shape (d,))."""
+def scaled_log_joint(model: Model, kink_width: float = 0.0):
+    """φ̃(z; x, ε) = ε·φ(z) = −½‖x − f(z)‖² + ε ℓ(z), for one item (z of shape (d,)).
+
+    ``kink_width`` δ > 0 replaces every kink |t − c| of the prior by √((t − c)² + δ²)
+    (:meth:`numerics.models.Prior1D.smoothed_log_prob`): a smooth surrogate used only to locate
+    a posterior mode that sits on a kink (see :func:`find_modes`)."""
 
     def fn(z: Tensor, x: Tensor, eps: Tensor) -> Tensor:
         r = x - model.decoder(z)
-        return -0.5 * (r * r).sum() + eps * model.prior.log_prob(z)
+        if kink_width > 0:
+            ell = sum(f.smoothed_log_prob(z[..., k], kink_width) for k, f in enumerate(model.prior.factors))
+        else:
+            ell = model.prior.log_prob(z)
+        return -0.5 * (r * r).sum() + eps * ell
 
     return fn
+
+
+def _is_linalg_failure(exc: BaseException) -> bool:
+    return isinstance(exc, torch.linalg.LinAlgError) or (isinstance(exc, RuntimeError) and "linalg" in str(exc))
+
+
+def newton_robust(fun, x0: Tensor, args: tuple[Tensor, ...] = (), **kwargs) -> NewtonResult:
+    """:func:`numerics.optimize.newton_maximize`, with failures confined to the items that cause
+    them: items whose start has a non-finite value, gradient or Hessian are not run, and when
+    the batched run still fails in linear algebra (a Hessian that turns non-finite on the way,
+    e.g. near a singularity of log or sqrt) every item is rerun alone.  Failed items come back
+    with ``converged`` False and NaN values, so callers report them by name instead of crashing."""
+    from torch.func import grad, hessian, vmap
+
+    B = x0.shape[0]
+    with torch.no_grad():
+        v0 = vmap(fun)(x0, *args)
+        g0 = vmap(grad(fun))(x0, *args)
+        h0 = vmap(hessian(fun))(x0, *args)
+    ok = torch.isfinite(v0) & torch.isfinite(g0).all(-1) & torch.isfinite(h0).flatten(1).all(-1)
+
+    def failed(n: int) -> NewtonResult:
+        nan = torch.full((n,), float("nan"), dtype=x0.dtype, device=x0.device)
+        p = x0.shape[1]
+        return NewtonResult(x0[:n].clone(), nan, torch.full((n, p), float("nan"), dtype=x0.dtype, device=x0.device),
+                            torch.full((n, p, p), float("nan"), dtype=x0.dtype, device=x0.device), nan.clone(),
+                            torch.zeros(n, dtype=torch.bool, device=x0.device), 0)
+
+    def run(idx: Tensor) -> NewtonResult:
+        sub = tuple(a[idx] for a in args)
+        noise = kwargs.get("value_noise")
+        kw = dict(kwargs, value_noise=None if noise is None else noise[idx])
+        return newton_maximize(fun, x0[idx], sub, **kw)
+
+    out = failed(B)
+    out.x = x0.clone()
+    good = ok.nonzero().flatten()
+    if good.numel() == 0:
+        return out
+    try:
+        parts = [(good, run(good))]
+    except Exception as exc:  # noqa: BLE001 - only linear-algebra failures are confined, the rest re-raised
+        if not _is_linalg_failure(exc):
+            raise
+        parts = []
+        for i in good.tolist():
+            idx = torch.tensor([i], device=x0.device)
+            try:
+                parts.append((idx, run(idx)))
+            except Exception as exc_i:  # noqa: BLE001
+                if not _is_linalg_failure(exc_i):
+                    raise
+    for idx, res in parts:
+        fin = torch.isfinite(res.value) & torch.isfinite(res.x).all(-1) & torch.isfinite(res.hess).flatten(1).all(-1)
+        out.x[idx] = res.x
+        out.value[idx] = res.value
+        out.grad[idx] = res.grad
+        out.hess[idx] = res.hess
+        out.decrement[idx] = res.decrement
+        out.converged[idx] = res.converged & fin
+        out.iterations = max(out.iterations, res.iterations)
+    return out
+
+
+def refinement_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
+    """Error estimate and convergence of a refinement sequence v_1, v_2, … (nodes doubling).
+
+    With δ_j = |v_j − v_{j−1}| and r = δ_last/δ_prev: the sequence has converged when δ_last ≤
+    ``tol_abs``, or when it converges fast (r ≤ 0.1) and the geometric tail δ_last·r/(1 − r)
+    left after the last level is ≤ ``tol_abs``; the error estimate is then δ_last (an upper
+    bound on the tail).  Otherwise it has not converged and the error must not claim converged
+    accuracy: δ_last/(1 − r) (the geometric tail including the last step) when the steps shrink
+    (r < 1), else the largest step seen.  ``inf`` with fewer than two values."""
+    if len(values) < 2:
+        return math.inf, False
+    diffs = [abs(b - a) for a, b in zip(values, values[1:])]
+    last = diffs[-1]
+    if not math.isfinite(last):
+        return math.inf, False
+    if last <= tol_abs:
+        return last, True
+    r = last / diffs[-2] if len(diffs) >= 2 and diffs[-2] > 0 else math.inf
+    if r <= 0.1 and last * r / (1 - r) <= tol_abs:
+        return last, True
+    if r < 1:
+        return last / (1 - r), False
+    return max(diffs), False
 
 
 def log_joint(model: Model, z: Tensor, x: Tensor, gamma2: float) -> Tensor:
@@ -126,31 +225,56 @@ def find_modes(
     Z0 = torch.cat(starts_per)
     X = torch.cat([xs[b].expand(c, -1) for b, c in enumerate(counts)])
     E = torch.cat([(1.0 / g2[b]).expand(c) for b, c in enumerate(counts)])
-    res = newton_maximize(scaled_log_joint(model), Z0, (X, E), max_iter=200)
+    res = newton_robust(scaled_log_joint(model), Z0, (X, E), max_iter=200)
+    kink_res = None
+    if model.prior.kinks and not bool(res.converged.all()):
+        # a posterior mode on a kink of the prior (Laplace at small γ²): Newton oscillates across it;
+        # locate the mode on a smoothed surrogate, then test it with the true φ̃ below
+        bad = (~res.converged).nonzero().flatten()
+        kink_res = (bad, newton_robust(scaled_log_joint(model, kink_width=KINK_WIDTH), Z0[bad], (X[bad], E[bad]),
+                                       max_iter=200))
+    hess_true = vmap(hessian(scaled_log_joint(model)))
     out: list[PosteriorModes] = []
     offset = 0
     d = model.d
     for b, c in enumerate(counts):
         sl = slice(offset, offset + c)
-        offset += c
         z, H, conv = res.x[sl], res.hess[sl], res.converged[sl]
+        tries = [(z[i], H[i]) for i in range(c) if bool(conv[i]) and bool(torch.isfinite(z[i]).all())]
+        if kink_res is not None:
+            bad, kr = kink_res
+            sel = ((bad >= offset) & (bad < offset + c) & kr.converged).nonzero().flatten()
+            if sel.numel():
+                zk = kr.x[sel]
+                Hk = hess_true(zk, X[bad[sel]], E[bad[sel]])
+                tries += [(zk[j], Hk[j]) for j in range(zk.shape[0]) if bool(torch.isfinite(Hk[j]).all())]
+        offset += c
         cand = []
-        for i in range(c):
-            if not bool(conv[i]) or not bool(torch.isfinite(z[i]).all()):
-                continue
-            Ht = -H[i]
+        gamma2 = float(g2[b])
+        for zi, Hi in tries:
+            Ht = -Hi
             Ht = 0.5 * (Ht + Ht.T)
             R, info = torch.linalg.cholesky_ex(Ht)
             if int(info) != 0:
                 continue  # a saddle or a flat direction, not a strict maximum
-            gamma2 = float(g2[b])
-            phi = float(log_joint(model, z[i], xs[b], gamma2))
+            phi = float(log_joint(model, zi, xs[b], gamma2))
+            if not math.isfinite(phi):
+                continue
             lm = phi + 0.5 * d * LOG_2PI + 0.5 * d * math.log(1.0 / gamma2) - float(torch.log(torch.diagonal(R)).sum())
-            cand.append((lm, z[i], R))
+            cand.append((lm, zi, R))
         if not cand:
+            where = (f"z0 = {[round(v, 12) for v in z_inits[b].tolist()]}" if z_inits is not None
+                     else f"x = {[round(v, 12) for v in xs[b].tolist()]}")
+            finite = int(torch.isfinite(res.value[sl]).sum()) if bool(res.converged[sl].any()) else None
+            why = ""
+            if not bool(torch.isfinite(res.value[sl]).any()) and finite is None:
+                why = ("; log p0(z) p_γ(x|z) is not finite at the starts or along the way (is the decoder defined "
+                       "on all of R^d near z0, e.g. no log or sqrt of a negative number?)")
+            elif model.prior.kinks:
+                why = "; the prior has a kink (ℓ not differentiable) that the mode may sit on"
             raise ConvergenceError(
-                f"posterior mode search failed for item {b} (γ² = {float(g2[b]):g}): no start converged "
-                "to a strict local maximum of log p0(z) p_γ(x|z)"
+                f"posterior mode search failed at {where}, γ² = {gamma2:g}: no start converged to a strict local "
+                f"maximum of log p0(z) p_γ(x|z){why}"
             )
         cand.sort(key=lambda t: -t[0])
         kept: list[tuple[float, Tensor, Tensor]] = []
@@ -248,11 +372,108 @@ def _log_integral(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Tensor])
     return float(log_int) + 0.5 * d * math.log(pm.gamma2 / (2 * math.pi))
 
 
+def value_rounding(value: float) -> float:
+    """Rounding of a reduced value itself: 4u·max(1, |value|).  The reduced quantities are O(1)
+    for γ² ≳ 1, but for small γ² they are sums of terms like d/2·log(γ²/2π) that cancel (|value|
+    ≈ 30 at γ² = 1e-12), so the last bits of |value| are noise that :func:`rounding_bound`
+    (an absolute floor) does not cover."""
+    return 4 * UNIT_ROUNDOFF * max(1.0, abs(value))
+
+
 def rounding_bound(x: Tensor, gamma2: float, d: int) -> float:
     """Floating-point error model for the reduced quantities: the residual x − f(z) is
     O(γ⁻¹) and carries an absolute rounding error ~u‖x‖, so γ²/2‖r‖² carries ~γ·u·‖x‖·|u|;
     we take 8·u·(1 + γ‖x‖√d)."""
     return 8 * UNIT_ROUNDOFF * (1 + math.sqrt(gamma2) * float(torch.linalg.vector_norm(x)) * math.sqrt(d))
+
+
+#: A kink of the prior closer than this many posterior standard deviations to a mode is "inside
+#: the bulk": the Gaussian mass beyond it (e^{-800}) is far below rounding.
+KINK_REACH = 40.0
+
+
+def _posterior_scales(pm: PosteriorModes) -> Tensor:
+    """Per-mode marginal standard deviations of the Laplace Gaussians, (m, d)."""
+    eye = torch.eye(pm.modes.shape[1], dtype=pm.modes.dtype, device=pm.modes.device)
+    out = []
+    for j in range(pm.count):
+        Rinv = torch.linalg.solve_triangular(pm.chol[j], eye, upper=False)  # H̃ = R Rᵀ, Σ = ε H̃⁻¹
+        out.append(torch.sqrt(pm.eps * (Rinv * Rinv).sum(0)))
+    return torch.stack(out)
+
+
+def kinks_in_reach(model: Model, pm: PosteriorModes) -> list[tuple[int, float]]:
+    """The kinks (k, t) of the prior within :data:`KINK_REACH` posterior standard deviations of a
+    mode in z_k: where they are, the integrand e^φ of log p is not smooth in the posterior's bulk."""
+    if not model.prior.kinks:
+        return []
+    sd = _posterior_scales(pm)
+    return [(k, t) for k, t in model.prior.kinks
+            if bool(((pm.modes[:, k] - t).abs() <= KINK_REACH * sd[:, k]).any())]
+
+
+def _exp_sinh(a: float, sign: float, s: float, h: float, dt, dev) -> tuple[Tensor, Tensor]:
+    """Half-line a → ±∞: z = a ± s·exp(π/2·sinh τ), τ ∈ [−4.2, 3.2] (nodes from 1e-23 s to 2e8 s)."""
+    tau = torch.arange(-4.2, 3.2 + h / 2, h, dtype=dt, device=dev)
+    e = (math.pi / 2) * torch.sinh(tau)
+    return a + sign * s * torch.exp(e), math.log(h) + math.log(s) + e + torch.log((math.pi / 2) * torch.cosh(tau))
+
+
+def _tanh_sinh(a: float, b: float, h: float, dt, dev) -> tuple[Tensor, Tensor]:
+    """Interval [a, b]: z = (a+b)/2 + (b−a)/2·tanh(π/2·sinh τ), τ ∈ [−3.2, 3.2]."""
+    tau = torch.arange(-3.2, 3.2 + h / 2, h, dtype=dt, device=dev)
+    e = (math.pi / 2) * torch.sinh(tau)
+    z = 0.5 * (a + b) + 0.5 * (b - a) * torch.tanh(e)
+    lw = math.log(h) + math.log(0.5 * (b - a)) + torch.log((math.pi / 2) * torch.cosh(tau)) - 2 * torch.log(torch.cosh(e))
+    return z, lw
+
+
+def kink_split_rule(pm: PosteriorModes, kinks: list[tuple[int, float]], h: float) -> tuple[Tensor, Tensor]:
+    """A product rule in z for ∫ g(z) dz over R^d, split at the kinks.
+
+    A coordinate z_k with a kink t is cut at t and at the modes' z_k (breakpoints closer than
+    1e-6 σ merged): double-exponential (tanh-sinh) rules on the pieces between breakpoints and
+    exp-sinh rules on the two half-lines beyond them (scale σ, the largest marginal posterior
+    standard deviation of the modes), so the nodes cluster both at the kink and at the
+    posterior's peak.  Coordinates without a kink use z = c + σ·sinh(τ), τ ∈ [−8, 8] (c the mean
+    of the modes).  Every piece integrates a function analytic inside it, so the error falls like
+    exp(−c/h) and halving h estimates it — unlike a Gauss–Hermite rule across a kink, whose
+    error is algebraic and erratic."""
+    d = pm.modes.shape[1]
+    dev, dt = pm.modes.device, pm.modes.dtype
+    sd = _posterior_scales(pm).amax(0)
+    center = pm.modes.mean(0)
+    at: dict[int, list[float]] = {}
+    for k, t in kinks:
+        at.setdefault(k, []).append(t)
+    axes, logws = [], []
+    for k in range(d):
+        s = float(sd[k])
+        if k in at:
+            cuts: list[float] = []
+            for p in sorted(at[k] + [float(v) for v in pm.modes[:, k]]):
+                if not cuts or p - cuts[-1] > 1e-6 * s:
+                    cuts.append(p)
+            pieces = [_exp_sinh(cuts[0], -1.0, s, h, dt, dev)]
+            pieces += [_tanh_sinh(a, b, h, dt, dev) for a, b in zip(cuts, cuts[1:])]
+            pieces.append(_exp_sinh(cuts[-1], 1.0, s, h, dt, dev))
+            axes.append(torch.cat([z for z, _ in pieces]))
+            logws.append(torch.cat([w for _, w in pieces]))
+        else:
+            tau = torch.arange(-8.0, 8.0 + h / 2, h, dtype=dt, device=dev)
+            axes.append(float(center[k]) + s * torch.sinh(tau))
+            logws.append(math.log(h) + math.log(s) + torch.log(torch.cosh(tau)))
+    grids = torch.meshgrid(*axes, indexing="ij")
+    lgrids = torch.meshgrid(*logws, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], -1), sum(g.reshape(-1) for g in lgrids)
+
+
+def _log_integral_z(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Tensor]) -> float:
+    """log_px_red with a rule (z, logw) for ∫ g(z) dz directly in z (no chart)."""
+    z, logw = rule
+    psi = log_joint(model, z, pm.x, pm.gamma2)
+    psi = torch.where(torch.isnan(psi), torch.full_like(psi, -math.inf), psi)
+    return float(torch.logsumexp(logw + psi, 0)) + 0.5 * model.d * math.log(pm.gamma2 / (2 * math.pi))
 
 
 def log_marginal_gh(
@@ -268,8 +489,12 @@ def log_marginal_gh(
     Student-t tails at small γ², overlapping modes) and d ≤ 2, the sinh-mapped trapezoid rule
     (:func:`sinh_trapezoid_rule`, h = 0.2 … 0.025, one chart for all modes,
     :func:`_log_integral_chart`) is tried too, and the estimate with the
-    smaller refinement difference is returned.  The error estimate is the last refinement
-    difference plus :func:`rounding_bound`; ``diagnostics["converged"]`` is False when no rule met
+    smaller refinement difference is returned.  When a kink of the prior lies within
+    :data:`KINK_REACH` posterior standard deviations of a mode (:func:`kinks_in_reach`), d ≤ 2
+    uses :func:`kink_split_rule` instead (h = 0.2 … 0.025), and d > 2 raises ConvergenceError
+    (no rule here can honour the accuracy there).  The error estimate is :func:`refinement_error`
+    (the last refinement difference, or a geometric-tail bound when the refinement did not
+    converge) plus :func:`rounding_bound`; ``diagnostics["converged"]`` is False when no rule met
     the tolerance.
     """
     d = model.d
@@ -287,15 +512,28 @@ def log_marginal_gh(
                 return vals, used, True
         return vals, used, False
 
-    vals, used, conv = sweep([(k, (lambda k=k: gh_rule(k, d, device))) for k in levels])
-    method = "gauss_hermite"
-    if not conv and d <= 2:
+    kinks = kinks_in_reach(model, pm)
+    if kinks and d > 2:
+        k, t = kinks[0]
+        raise ConvergenceError(
+            f"log p at γ² = {pm.gamma2:g}: the kink of the {model.prior.factors[k].name} prior at z{k + 1} = {t:g} lies "
+            "inside the posterior's bulk, where quadrature cannot honour its accuracy for d > 2; use "
+            "--log-px-method is (importance sampling) or a larger γ²")
+    if kinks:
+        # the kink of a Laplace prior inside the bulk: a rule split at the kink (error estimable by halving h)
+        vals, used, conv = sweep([(f"split h={h}", (lambda h=h: kink_split_rule(pm, kinks, h)))
+                                  for h in (0.2, 0.1, 0.05, 0.025)], integral=_log_integral_z)
+        method = "kink_split_trapezoid"
+    else:
+        vals, used, conv = sweep([(k, (lambda k=k: gh_rule(k, d, device))) for k in levels])
+        method = "gauss_hermite"
+    if not conv and not kinks and d <= 2:
         tvals, tused, tconv = sweep([(f"h={h}", (lambda h=h: sinh_trapezoid_rule(h, d, device))) for h in (0.2, 0.1, 0.05, 0.025)],
                                     integral=_log_integral_chart)
         if abs(tvals[-1] - tvals[-2]) < abs(vals[-1] - vals[-2]):
             vals, used, conv, method = tvals, tused, tconv, "sinh_trapezoid"
-    diff = abs(vals[-1] - vals[-2]) if len(vals) >= 2 else float("inf")
-    err = diff + rb
+    diff, conv = refinement_error(vals, tol * max(1.0, abs(vals[-1])) + rb)
+    err = diff + rb + value_rounding(vals[-1])
     info: dict[str, Any] = {
         "levels": used,
         "converged": conv,

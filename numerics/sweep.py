@@ -24,13 +24,26 @@ import torch
 from .elbo import elbo_star
 from .estimate import Estimate
 from .jacobian import SingularJacobianError, c_ima_from_jacobian, jacobian
-from .models import Model
+from .models import Model, ModelError
 from .montecarlo import log_marginal_is
-from .posterior import divergent_term, find_modes, log_marginal_gh
+from .optimize import ConvergenceError
+from .posterior import _is_linalg_failure, divergent_term, find_modes, log_marginal_gh
+from .quadrature import refinement_levels
 
 Tensor = torch.Tensor
 
 LOG_PX_METHODS = ("gh", "is")
+
+#: The γ² range in which float64 honours the stated accuracy (full accuracy to 1e8, stable to
+#: 1e12; the same limits as theory.spec.GAMMA2_MIN/MAX, which a spec is checked against).
+#: Below 1e-8 the scaled Hessians of the estimators lose all precision (γ² = 1e-300 ends in a
+#: failed eigendecomposition); above 1e12 the rounding of x − f(z), amplified by γ, exceeds the
+#: stated stability (at 1e16 spurious extra modes 2e-11 apart appeared).
+GAMMA2_MIN = 1e-8
+GAMMA2_MAX = 1e12
+#: Largest tensor Gauss–Hermite rule (nodes) the ELBO* refinement may need: beyond it (d >= 8)
+#: memory runs to tens of GB.
+MAX_RULE_NODES = 2**21
 
 
 @dataclass
@@ -106,10 +119,37 @@ class PointResult:
         return out
 
 
-def _finite(v: float, what: str) -> float:
+def _finite(v: float, what: str, where: str = "") -> float:
     if not math.isfinite(v):
-        raise FloatingPointError(f"{what} is not finite ({v})")
+        raise FloatingPointError(f"{what} is not finite ({v}){' ' + where if where else ''}")
     return v
+
+
+def _fmt_point(p: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in p) + ")"
+
+
+def check_inputs(model: Model, points: Sequence[Tensor], gamma2s: Sequence[float]) -> None:
+    """Refuse (ModelError, naming the problem) what the estimators cannot honour: γ² outside
+    [GAMMA2_MIN, GAMMA2_MAX], a latent point on a kink of the prior, or a dimension whose
+    quadrature rule would exceed MAX_RULE_NODES."""
+    src = model.meta.get("source", "")
+    pre = f"{src}: " if src else ""
+    for g2 in gamma2s:
+        if not (math.isfinite(g2) and GAMMA2_MIN <= g2 <= GAMMA2_MAX):
+            raise ModelError(f"{pre}γ² = {g2:g} is outside the supported range [{GAMMA2_MIN:g}, {GAMMA2_MAX:g}] "
+                             "(where float64 honours the stated accuracy)")
+    nodes = max(k ** model.d for k in refinement_levels(model.d))
+    if nodes > MAX_RULE_NODES:
+        raise ModelError(f"{pre}d = {model.d} latents: the ELBO* quadrature would need {nodes:.3g} nodes "
+                         f"(limit {MAX_RULE_NODES}); gapcheck evaluates up to d = 7")
+    kinks = model.prior.kinks
+    for p in points:
+        for k, t in kinks:
+            if float(p[k]) == t:
+                raise ModelError(f"{pre}latent point z0 = {_fmt_point(p.tolist())}: z{k + 1} = {t:g} is on the kink of "
+                                 f"the {model.prior.factors[k].name} prior, where ℓ is not differentiable; the estimators "
+                                 "and the theorems need a smooth prior at z0: move the point off the kink")
 
 
 def evaluate_points(
@@ -132,13 +172,20 @@ def evaluate_points(
     not finite at a point, ConvergenceError if an optimizer fails (naming x and γ²)."""
     if log_px_method not in LOG_PX_METHODS:
         raise ValueError(f"log_px_method must be one of {LOG_PX_METHODS}, got {log_px_method!r}")
+    check_inputs(model, points, gamma2s)
+    src = model.meta.get("source", "")
+    pre = f"{src}: " if src else ""
     d, n = model.d, model.n
     items = [(zi, g2) for zi in points for g2 in gamma2s]
     Z = torch.stack([p for p, _ in items])
     X = model.decoder(Z)
     if not bool(torch.isfinite(X).all()):
-        bad = [p.tolist() for p, x in zip(Z, X) if not bool(torch.isfinite(x).all())]
-        raise FloatingPointError(f"the decoder is not finite at latent point(s) {bad}")
+        bad = []
+        for p in points:
+            if not bool(torch.isfinite(model.decoder(p[None])).all()) and _fmt_point(p.tolist()) not in bad:
+                bad.append(_fmt_point(p.tolist()))
+        raise FloatingPointError(f"{pre}the decoder is not finite at latent point(s) z0 = {', '.join(bad[:5])}"
+                                 + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
     cimas = {}
     Js = jacobian(model.decoder, torch.stack(list(points)))
     for i, (p, J) in enumerate(zip(points, Js)):
@@ -146,14 +193,29 @@ def evaluate_points(
             cimas[i] = float(c_ima_from_jacobian(J))
         except SingularJacobianError:
             raise SingularJacobianError(
-                f"the Jacobian J(z0) is singular at z0 = {p.tolist()}: the decoder is not locally injective "
-                "there, so c_IMA and the theorems do not apply"
+                f"{pre}the Jacobian J(z0) is singular (or not finite) at z0 = {_fmt_point(p.tolist())}: the decoder is "
+                "not locally injective there, so c_IMA and the theorems do not apply"
             ) from None
-    posts = find_modes(model, X, [g for _, g in items], Z, search=search_modes)
-    stars = elbo_star(model, posts)
+    try:
+        posts = find_modes(model, X, [g for _, g in items], Z, search=search_modes)
+        stars = elbo_star(model, posts, z0s=Z)
+    except ConvergenceError as exc:
+        raise ConvergenceError(f"{pre}{exc}") from None
+    except RuntimeError as exc:  # linear algebra on non-finite values that no estimator confined
+        if not _is_linalg_failure(exc):
+            raise
+        raise ConvergenceError(f"{pre}linear algebra failed on non-finite values for the points z0 = "
+                               f"{', '.join(_fmt_point(p.tolist()) for p in points[:5])} (γ² = "
+                               f"{', '.join(f'{g:g}' for g in gamma2s[:5])}): {str(exc).splitlines()[0][:120]}") from None
     out = []
     for idx, ((zi, g2), pm, st) in enumerate(zip(items, posts, stars)):
-        lp = log_marginal_gh(model, pm) if log_px_method == "gh" else log_marginal_is(model, pm, is_samples, seed)
+        where = f"at z0 = {_fmt_point(zi.tolist())}, γ² = {g2:g}"
+        try:
+            lp = log_marginal_gh(model, pm) if log_px_method == "gh" else log_marginal_is(model, pm, is_samples, seed)
+        except RuntimeError as exc:
+            if not _is_linalg_failure(exc):
+                raise
+            raise ConvergenceError(f"{pre}log p quadrature failed {where}: {str(exc).splitlines()[0][:120]}") from None
         div = divergent_term(n, d, g2)
         flags = []
         if pm.count > 1:
@@ -165,7 +227,11 @@ def evaluate_points(
         if not st.diagnostics["converged"]:
             flags.append("elbo_quadrature_not_converged")
         gap_kind = "standard_error" if lp.error_kind == "standard_error" else st.error_kind
-        gap = Estimate(_finite(lp.value - st.value, "gap"), lp.error + st.error, "difference", gap_kind,
+        fail = f"{where} (the integrand is not finite on part of the posterior's bulk?)"
+        _finite(lp.value, f"{pre}log p", fail)
+        _finite(st.value, f"{pre}ELBO*", fail)
+        _finite(lp.error + st.error, f"{pre}the error estimate of the gap", fail)
+        gap = Estimate(_finite(lp.value - st.value, f"{pre}gap", fail), lp.error + st.error, "difference", gap_kind,
                        {"log_px_method": lp.method, "elbo_star_method": st.method})
         out.append(PointResult(
             latent=zi.tolist(),
@@ -175,8 +241,8 @@ def evaluate_points(
             elbo_star=st.shifted(div),
             gap=gap,
             c_ima=cimas[idx // len(gamma2s)],
-            reduced_log_px=_finite(lp.value, "log p"),
-            reduced_elbo_star=_finite(st.value, "ELBO*"),
+            reduced_log_px=lp.value,
+            reduced_elbo_star=st.value,
             divergent_term=div,
             mu_star=st.argmax["mu"].tolist(),
             s_star=st.argmax["s"].tolist(),

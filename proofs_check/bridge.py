@@ -14,9 +14,20 @@ import mpmath
 import sympy as sp
 import torch
 
-from numerics.models import CallableDecoder, ExpressionPrior1D, GaussianPrior1D, LogisticPrior1D, Model, Prior, Prior1D, StudentTPrior1D
+from numerics.models import (
+    CallableDecoder,
+    ExpressionPrior1D,
+    GaussianPrior1D,
+    LaplacePrior1D,
+    LogisticPrior1D,
+    Model,
+    ModelError,
+    Prior,
+    Prior1D,
+    StudentTPrior1D,
+)
 from theory.functions import backend_functions, by_node, lambdify
-from theory.spec import PRIOR_VARIABLE, SpecError, SymbolicModel, SymbolicPrior1D
+from theory.spec import KINK_NODES, PRIOR_VARIABLE, SpecError, SymbolicModel, SymbolicPrior1D
 
 Tensor = torch.Tensor
 Fn = Callable[[Sequence[Tensor]], Tensor]
@@ -106,25 +117,53 @@ def prior_factor(p: SymbolicPrior1D) -> Prior1D:
         return LogisticPrior1D(float(p.params[0]), float(p.params[1]))
     if p.kind == "student_t":
         return StudentTPrior1D(float(p.params[0]))
+    if p.kind == "laplace":
+        return LaplacePrior1D(float(p.params[0]), float(p.params[1]))
     if p.kind == "custom":
+        kinks = [a.args[0] for a in p.logpdf.atoms(*KINK_NODES)]
+        if kinks:
+            arg = kinks[0]
+            at = ""
+            if arg.is_polynomial(PRIOR_VARIABLE) and sp.degree(arg, PRIOR_VARIABLE) == 1:
+                root = sp.solve(arg, PRIOR_VARIABLE)
+                at = f" at z = {sp.sstr(root[0].subs(PRIOR_VARIABLE, sp.Symbol('z')))}" if root else ""
+            raise SpecError(
+                f"prior: {p.label} has a kink{at} (abs/sign of "
+                f"{sp.sstr(arg.subs(PRIOR_VARIABLE, sp.Symbol('z')))[:60]}): the estimators (Newton, Laplace-centred "
+                "quadrature) need a smooth log-density; for the Laplace prior use the built-in 'laplace' or "
+                "'laplace(loc, scale)', which handles its kink"
+            )
         fn = to_torch(p.logpdf, [PRIOR_VARIABLE])
-        try:
-            return ExpressionPrior1D(lambda t: fn([t]), name=f"custom({p.logpdf})")
+        try:  # named by the user's own text (p.label), not by sympy's rewriting of it
+            return ExpressionPrior1D(lambda t: fn([t]), name=p.label)
         except ValueError as exc:
             raise SpecError(f"prior: {exc}") from None
     raise SpecError(f"unknown prior kind {p.kind!r}")
 
 
 def numeric_model(model: SymbolicModel) -> Model:
-    """The numeric twin of a symbolic model (decoder and prior)."""
+    """The numeric twin of a symbolic model (decoder and prior).
+
+    Errors start with the spec's file when the model was loaded from one
+    (``model.meta["source"]``), which the numeric model keeps in its own ``meta`` for the
+    messages of :mod:`numerics.sweep`."""
+    source = model.meta.get("source", "")
     cache: dict[int, Prior1D] = {}
     factors = []
-    for p in model.priors:
-        key = id(p)
-        if key not in cache:
-            cache[key] = prior_factor(p)
-        factors.append(cache[key])
-    return Model(decoder_from_symbolic(model), Prior(factors), name=model.name)
+    try:
+        for p in model.priors:
+            key = id(p)
+            if key not in cache:
+                cache[key] = prior_factor(p)
+            factors.append(cache[key])
+        num = Model(decoder_from_symbolic(model), Prior(factors), name=model.name)
+    except (SpecError, ModelError) as exc:
+        if source and not str(exc).startswith(f"{source}: "):
+            raise type(exc)(f"{source}: {exc}") from None
+        raise
+    if source:
+        num.meta["source"] = source
+    return num
 
 
 def mpmath_functions(model: SymbolicModel, log_normalizers: Sequence[float] | None = None):

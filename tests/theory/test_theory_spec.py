@@ -132,7 +132,7 @@ def test_spec_dimensions_and_defaults() -> None:
         ({"decoder": "z1", "prior": "cauchy"}, "unknown prior"),
         ({"decoder": "z1", "prior": "gaussian(0, -1)"}, "var must be > 0"),
         ({"decoder": "z1", "prior": "gaussian(0, 1, 2)"}, "takes 0 to 2 arguments"),
-        ({"decoder": "z1", "prior": "student_t"}, "takes 1 to 1"),
+        ({"decoder": "z1", "prior": "student_t"}, "student_t takes 1 argument (degrees of freedom ν)"),
         ({"decoder": "z1", "prior": "student_t(0)"}, "nu must be > 0"),
         ({"decoder": "z1", "prior": "logistic(0, z)"}, "unknown symbol"),
         ({"decoder": "z1", "prior": {"logpdf": "-z**2/2", "x": 1}}, "exactly one key"),

@@ -15,6 +15,7 @@ One :class:`PointResult` per (z0, γ²):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -196,6 +197,9 @@ def evaluate_points(
                 f"{pre}the Jacobian J(z0) is singular (or not finite) at z0 = {_fmt_point(p.tolist())}: the decoder is "
                 "not locally injective there, so c_IMA and the theorems do not apply"
             ) from None
+    # the numerically computed normalizer of a user-given prior density (ExpressionPrior1D) carries
+    # an error: it shifts log p and ELBO* alike (not the gap), so it enters their error estimates
+    norm_err = float(sum(getattr(f, "log_normalizer_error", 0.0) for f in model.prior.factors))
     try:
         posts = find_modes(model, X, [g for _, g in items], Z, search=search_modes)
         stars = elbo_star(model, posts, z0s=Z)
@@ -237,8 +241,8 @@ def evaluate_points(
             latent=zi.tolist(),
             x=X[idx].tolist(),
             gamma2=float(g2),
-            log_px=lp.shifted(_finite(div, "divergent term")),
-            elbo_star=st.shifted(div),
+            log_px=dataclasses.replace(lp.shifted(_finite(div, "divergent term")), error=lp.error + norm_err),
+            elbo_star=dataclasses.replace(st.shifted(div), error=st.error + norm_err),
             gap=gap,
             c_ima=cimas[idx // len(gamma2s)],
             reduced_log_px=lp.value,

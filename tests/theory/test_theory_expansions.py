@@ -250,6 +250,7 @@ def test_expansion_matches_brute_force(name, decoder, prior, latents) -> None:
     assert np.all(np.abs(b.m) < 10)
 
 
+@pytest.mark.slow  # 12 s of sympy; C3 and C12 are also checked by every verify run
 def test_c_ima_signs_and_ima_class_C3_C12() -> None:
     for name, decoder, prior, latents in NONLINEAR:
         m = model(decoder, prior, latents, name)

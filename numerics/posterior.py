@@ -516,7 +516,7 @@ def log_marginal_gh(
     if kinks and d > 2:
         k, t = kinks[0]
         raise ConvergenceError(
-            f"log p at γ² = {pm.gamma2:g}: the kink of the {model.prior.factors[k].name} prior at z{k + 1} = {t:g} lies "
+            f"log p: the kink of the {model.prior.factors[k].name} prior at z{k + 1} = {t:g} lies "
             "inside the posterior's bulk, where quadrature cannot honour its accuracy for d > 2; use "
             "--log-px-method is (importance sampling) or a larger γ²")
     if kinks:

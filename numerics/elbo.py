@@ -197,7 +197,7 @@ def elbo_star(
         lambda nodes, logw: _elbo_red_scaled(model, nodes, logw), params, (Xb, Eb, Mb), rb, levels, tol, max_iter, d,
         failure,
     )
-    params, value, diff, dec, gnorm, n_levels = ref.params, ref.value, ref.diff, ref.dec, ref.gnorm, ref.n_levels
+    params, value, dec, gnorm, n_levels = ref.params, ref.value, ref.dec, ref.gnorm, ref.n_levels
     out: list[Estimate] = []
     for b, pm in enumerate(posts):
         idx = (item_idx == b).nonzero().flatten()

@@ -265,9 +265,8 @@ def find_modes(
         if not cand:
             where = (f"z0 = {[round(v, 12) for v in z_inits[b].tolist()]}" if z_inits is not None
                      else f"x = {[round(v, 12) for v in xs[b].tolist()]}")
-            finite = int(torch.isfinite(res.value[sl]).sum()) if bool(res.converged[sl].any()) else None
             why = ""
-            if not bool(torch.isfinite(res.value[sl]).any()) and finite is None:
+            if not bool(torch.isfinite(res.value[sl]).any()):
                 why = ("; log p0(z) p_γ(x|z) is not finite at the starts or along the way (is the decoder defined "
                        "on all of R^d near z0, e.g. no log or sqrt of a negative number?)")
             elif model.prior.kinks:
@@ -516,7 +515,7 @@ def log_marginal_gh(
     if kinks and d > 2:
         k, t = kinks[0]
         raise ConvergenceError(
-            f"log p at γ² = {pm.gamma2:g}: the kink of the {model.prior.factors[k].name} prior at z{k + 1} = {t:g} lies "
+            f"log p: the kink of the {model.prior.factors[k].name} prior at z{k + 1} = {t:g} lies "
             "inside the posterior's bulk, where quadrature cannot honour its accuracy for d > 2; use "
             "--log-px-method is (importance sampling) or a larger γ²")
     if kinks:

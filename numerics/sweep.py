@@ -216,6 +216,8 @@ def evaluate_points(
         where = f"at z0 = {_fmt_point(zi.tolist())}, γ² = {g2:g}"
         try:
             lp = log_marginal_gh(model, pm) if log_px_method == "gh" else log_marginal_is(model, pm, is_samples, seed)
+        except ConvergenceError as exc:
+            raise ConvergenceError(f"{pre}{where}: {exc}") from None
         except RuntimeError as exc:
             if not _is_linalg_failure(exc):
                 raise

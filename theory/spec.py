@@ -109,10 +109,6 @@ def clip(text: Any, limit: int = MAX_ECHO) -> str:
     return f"{head}… ({len(s)} characters)"
 
 
-def _g(v: float) -> str:
-    return f"{v:g}"
-
-
 #: Elementary functions a spec may call, by name: the parser's whitelist, derived from the one
 #: function table :data:`theory.functions.FUNCTIONS` (which also names each function's torch,
 #: mpmath, numpy and arb counterparts).
@@ -124,9 +120,6 @@ ALLOWED_CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}
 
 #: Sympy node classes that are not differentiable where their argument vanishes (kinks).
 KINK_NODES: tuple[type, ...] = (sp.Abs, sp.sign)
-
-_MAX_EXPONENT = MAX_EXPONENT  # the name used before the limits were public
-
 
 def exact_number(value: float | int | str) -> sp.Rational:
     """Turn a spec number into an exact rational: ``0.4`` -> ``2/5`` (via its shortest repr)."""

@@ -58,7 +58,7 @@ REFUSED = {
     "exponent growth": ('decoder = ["((z1**1000)**1000)**1000", "z2"]\ngamma2 = [1.0]\nlatents = [[0.3, 1.1]]\n',
                         "exponent growth"),
     "latents abc": (TRI + 'gamma2 = [1.0]\nlatents = [["abc", 0.2]]\n', "latent point 1, coordinate 1: expected a number"),
-    "prior scale 0": (TRI + 'prior = "logistic(0, (1+sqrt(2))**2 - 3 - 2*sqrt(2))"\ngamma2 = [1.0]\nlatents = [[0.3, 1.1]]\n',
+    "prior scale 0": (TRI + 'prior = "logistic(0, sin(1)**2 + cos(1)**2 - 1)"\ngamma2 = [1.0]\nlatents = [[0.3, 1.1]]\n',
                       "scale must be > 0"),
     "gamma2 1e-300": (TRI + 'gamma2 = [1e-300]\nlatents = [[0.3, 1.1]]\n', "outside the supported range [1e-08, 1e+12]"),
     "gamma2 1e16": (TRI + 'gamma2 = [1e16]\nlatents = [[0.3, 1.1]]\n', "outside the supported range"),

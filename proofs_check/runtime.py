@@ -27,6 +27,14 @@ def default_threads() -> int:
     return n
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it), so files written through a
+    temporary file get the permissions an ordinary new file would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def torch_threads(n: int | None = None) -> Iterator[None]:
     """Run a block with ``n`` (default :func:`default_threads`) torch threads, then restore

@@ -23,6 +23,7 @@ from .checks import all_claims
 from .context import Context
 from .properties import no_shrinking
 from .registry import CheckResult, Claim, _clean
+from .runtime import current_umask
 
 REPORT_VERSION = 1
 
@@ -248,7 +249,7 @@ def write_report(report: dict[str, Any], ctx: Context, out: Path, plots: bool = 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         figures: list[str] = []
         if plots:
             from .plots import make_figures
@@ -257,7 +258,7 @@ def write_report(report: dict[str, Any], ctx: Context, out: Path, plots: bool = 
         (tmp / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(report_markdown(report, figures), encoding="utf-8")
         for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
+            os.chmod(f, 0o666 & ~current_umask())
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
@@ -271,8 +272,3 @@ def write_report(report: dict[str, Any], ctx: Context, out: Path, plots: bool = 
         raise
     return [str(out / Path(f).name) for f in figures]
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -175,14 +175,37 @@ MUTATIONS = [
 ]
 
 
+class _CountingPatch:
+    """A MonkeyPatch stand-in whose ``setattr`` wraps every planted callable with a call
+    counter: a rejection only counts if the planted code actually ran (a refactor that moves
+    the real code path away from the patched name must fail the campaign, not pass it)."""
+
+    def __init__(self, mp: pytest.MonkeyPatch) -> None:
+        self.mp = mp
+        self.calls: dict[str, int] = {}
+
+    def setattr(self, target, name: str, value) -> None:
+        key = f"{getattr(target, '__name__', type(target).__name__)}.{name}"
+        self.calls[key] = 0
+
+        def counted(*a, **k):
+            self.calls[key] += 1
+            return value(*a, **k)
+
+        self.mp.setattr(target, name, counted)
+
+
 def _rejected(m: Mutation, mode: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     _clear_symbolic_caches()
     try:
         with monkeypatch.context() as mp, no_shrinking():  # a failing property need not shrink its example here
-            m.apply(mp)
+            counting = _CountingPatch(mp)
+            m.apply(counting)  # type: ignore[arg-type]
             report, _ = run_verify(list(m.caught_by), mode=mode, show_progress=False)
     finally:
         _clear_symbolic_caches()  # nothing derived under the mutation survives it
+    never = [k for k, v in counting.calls.items() if v == 0]
+    assert counting.calls and not never, f"{m.name}: the planted code {never} was never called by {m.caught_by}"
     crashed = [e["id"] for e in report["claims"] if e["status"] == "error"]
     assert not crashed, f"{m.name}: claims {crashed} crashed instead of rejecting the fault"
     return [e["id"] for e in report["claims"] if e["status"] == "failed"]

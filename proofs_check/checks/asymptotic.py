@@ -166,6 +166,20 @@ def _symbolic_limits(ctx: Context, name: str) -> tuple[float, float]:
     return ctx.cache[key]
 
 
+def _limit_and_constant(ctx: Context, name: str, label: str, attr: str, lim: float, fault: str | None,
+                        constant: sp.Expr, pred: sp.Expr) -> Results:
+    """The two checks C9 and C10 share for one model: the reduced quantity ``attr`` (``log_px`` or
+    ``elbo_star``) of the γ² sweep converges to the symbolic limit ``lim`` at the expected order
+    (Richardson, :func:`limit_checks`), and the derivation's order-0 ``constant`` equals ``pred``."""
+    res = ctx.sweep(name)
+    eps = np.array([1 / r.gamma2 for r in res])
+    vals = np.array([getattr(r, f"reduced_{attr}") for r in res])
+    errs = np.array([getattr(r, attr).error for r in res])
+    out = limit_checks(f"{name}: reduced {label}", eps, vals, errs, lim, expected_order(fault))
+    out.append(symbolic_equal(f"{name}: symbolic {label.split(' →')[0]} constant vs {label.split('→ ')[1]}", constant, pred))
+    return out
+
+
 @claim(
     id="C9", title="Likelihood limit (Laplace)", kind="asymptotic",
     statement="log p_γ(x) = (n−d)/2·log(γ²/2π) + ℓ(z0) − ½ log det(JᵀJ) + O(γ⁻²).",
@@ -178,18 +192,13 @@ def _symbolic_limits(ctx: Context, name: str) -> tuple[float, float]:
 def check_c9(ctx: Context, fault: str | None) -> Results:
     out: Results = []
     for name in _models(ctx, GAP_MODELS, QUICK_MODELS):
-        res = ctx.sweep(name)
         lim, _ = _symbolic_limits(ctx, name)
         if fault == "missing_half":
             lim = lim - 0.5 * float(torch.linalg.slogdet(jac_at(ctx, name).T @ jac_at(ctx, name))[1])
-        eps = np.array([1 / r.gamma2 for r in res])
-        vals = np.array([r.reduced_log_px for r in res])
-        errs = np.array([r.log_px.error for r in res])
-        out.extend(limit_checks(f"{name}: reduced log p → ℓ(z0) − ½ log det JᵀJ", eps, vals, errs, lim, expected_order(fault)))
-        exp = ctx.expansion(name)
         Js, ell0 = _symbolic_at(ctx, name)
         pred = ell0 - sp.log((Js.T * Js).det()) / (2 if fault != "missing_half" else 1)
-        out.append(symbolic_equal(f"{name}: symbolic Laplace constant vs ℓ(z0) − ½ log det JᵀJ", exp.log_px[0], pred))
+        out.extend(_limit_and_constant(ctx, name, "log p → ℓ(z0) − ½ log det JᵀJ", "log_px", lim, fault,
+                                       ctx.expansion(name).log_px[0], pred))
     return out
 
 
@@ -205,20 +214,15 @@ def check_c9(ctx: Context, fault: str | None) -> Results:
 def check_c10(ctx: Context, fault: str | None) -> Results:
     out: Results = []
     for name in _models(ctx, GAP_MODELS, QUICK_MODELS):
-        res = ctx.sweep(name)
         lim_lp, lim = _symbolic_limits(ctx, name)
         if fault == "logdet_for_norms":
             lim = lim_lp
-        eps = np.array([1 / r.gamma2 for r in res])
-        vals = np.array([r.reduced_elbo_star for r in res])
-        errs = np.array([r.elbo_star.error for r in res])
-        out.extend(limit_checks(f"{name}: reduced ELBO* → ℓ(z0) − Σ log‖J_k‖", eps, vals, errs, lim, expected_order(fault)))
         exp = ctx.expansion(name)
         Js, ell0 = _symbolic_at(ctx, name)
         M = Js.T * Js
         norms = sum(sp.log(M[k, k]) for k in range(M.shape[0])) / 2 if fault != "logdet_for_norms" else sp.log(M.det()) / 2
-        pred = ell0 - norms
-        out.append(symbolic_equal(f"{name}: symbolic ELBO* constant vs ℓ(z0) − Σ log‖J_k‖", exp.elbo_star[0], pred))
+        out.extend(_limit_and_constant(ctx, name, "ELBO* → ℓ(z0) − Σ log‖J_k‖", "elbo_star", lim, fault,
+                                       exp.elbo_star[0], ell0 - norms))
         out.append(boolean_check(f"{name}: the derivation's own check: the mean-field optimum of the Laplace precision gives "
                                  "ELBO*_0 = ℓ0 − Σ log‖J_k‖ (symbolic, generic J)", "symbolic",
                                  bool(exp.checks.get("elbo0_is_l0_minus_sum_log_norms")) and bool(exp.checks.get("elbo_half_order_zero"))))

@@ -226,14 +226,35 @@ def test_not_certified_custom_prior_and_d3() -> None:
     assert "d <= 2" in row3.status["log_px"] and row3.status["c_ima"] == "certified"
 
 
+#: The old built-in Möbius decoder, the plane map w ↦ 10/(w − 3): a pole at z = (3, 0) in the
+#: latent plane (docs/theory.md, C12).
+POLE_MOBIUS = """
+name = "mobius_pole"
+decoder = ["10*(z1 - 3)/((z1 - 3)**2 + z2**2)", "-10*z2/((z1 - 3)**2 + z2**2)"]
+prior = "logistic"
+gamma2 = [1e4]
+latents = [[0.5, 0.7]]
+"""
+
+
 def test_not_certified_elbo_with_a_pole() -> None:
-    """The Möbius decoder has a pole at z = (3, 0): E_q‖x − f(z)‖² diverges for every
-    Gaussian q (∫ r⁻² r dr near the pole), so no tail bound exists and ELBO is refused."""
-    sym = builtin_spec("mobius")
+    """A decoder with a pole in the latent plane (the old Möbius map): E_q‖x − f(z)‖²
+    diverges for every Gaussian q (∫ r⁻² r dr near the pole), so no tail bound exists and the
+    ELBO is refused; certify_point then says "not certified" for ELBO* and the gap while
+    log p (finite: the likelihood factor is at most 1) is still certified."""
+    sym = loads_spec(POLE_MOBIUS)
     with working_precision(64):
-        prob = cert_problem(sym, sym.points[0], 100.0, 64)
+        prob = cert_problem(sym, sym.points[0], 1e4, 64)
         with pytest.raises(NotCertified, match="tail bound"):
             elbo_exprs(sym, prob)
+    # hints as the fast path gives them (mode z0, Laplace scale |J|^-1 / γ, |J| = 10/|w0 − 3|²)
+    scale = ((2.5**2 + 0.7**2) / 10) / 100
+    hints = {"modes": [[0.5, 0.7]], "scales": [[[scale, 0.0], [0.0, scale]]], "mu": [0.5, 0.7], "s": [scale**2] * 2}
+    row = certify_point(sym, sym.points[0], 1e4, hints=hints)
+    assert row.status["log_px"] == "certified", row.status
+    assert row.status["elbo_star"].startswith("not certified") and "tail bound" in row.status["elbo_star"]
+    assert row.status["gap"].startswith("not certified")
+    assert row.intervals["elbo_star"] is None and row.intervals["gap"] is None
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from flint import acb, arb
 from numerics.certified import (
     CertPrior1D,
     CertProblem,
-    ExprSet,
     NotCertified,
+    PhiDerivatives,
     c_ima_ball,
     certify_elbo,
     certify_elbo_star,
@@ -83,25 +83,20 @@ def closed_form(A: list[list[float]], z0: list[float], gamma2: float, v: int = 1
         return lp, lp - gap, m, [1 / Lam[k][k] for k in range(d)]
 
 
-def linear_exprs(A, z0, gamma2: float, v: int = 1) -> ExprSet:
-    """φ and its derivatives for d = 1 (hand-written): φ = −γ²/2 Σ(x_i − a_i z)² − z²/(2v) − ½ log 2πv."""
+def linear_exprs(A, z0, gamma2: float, v: int = 1) -> PhiDerivatives:
+    """φ, φ' and φ'' for d = 1 (hand-written): φ = −γ²/2 Σ(x_i − a_i z)² − z²/(2v) − ½ log 2πv."""
     a = [exact_float(r[0]) for r in A]
     g = exact_float(gamma2)
     x = [ai * exact_float(z0[0]) for ai in a]
     c = (2 * arb.pi() * v).log() / 2
     saa = sum((ai * ai for ai in a), arb(0))
+    curv = -g * saa - arb(1) / v
 
-    def phi(z):
-        return -g / 2 * sum(((xi - ai * z[0]) * (xi - ai * z[0]) for xi, ai in zip(x, a)), acb(0)) - z[0] * z[0] / (2 * v) - c
-
-    def d1(z):
-        return g * sum((ai * (xi - ai * z[0]) for xi, ai in zip(x, a)), acb(0)) - z[0] / v
-
-    def d2(z):
-        return acb(-g * saa - arb(1) / v)
-
-    def zero(z):
-        return acb(0)
+    def fn(z):
+        t = z[0]
+        phi = -g / 2 * sum(((xi - ai * t) * (xi - ai * t) for xi, ai in zip(x, a)), 0 * t) - t * t / (2 * v) - c
+        d1 = g * sum((ai * (xi - ai * t) for xi, ai in zip(x, a)), 0 * t) - t / v
+        return [phi, d1, curv + 0 * t]
 
     # |φ| <= γ²/2 Σ(|x_i| + |a_i| r)² + r²/(2v) + |c|: coefficients of 1, r, r²
     p0 = g / 2 * sum((xi * xi for xi in x), arb(0)) + abs(c)
@@ -110,7 +105,7 @@ def linear_exprs(A, z0, gamma2: float, v: int = 1) -> ExprSet:
     grow_phi = [arb(p0.upper()), arb(p1.upper()), arb(p2.upper())]
     grow_d1 = [arb(p1.upper()), arb((g * saa + arb(1) / v).upper())]
     grow_d2 = [arb((g * saa + arb(1) / v).upper())]
-    return ExprSet((phi, grow_phi), [(d1, grow_d1)], [[(d2, grow_d2)]], [[(zero, [arb(0)])]], [[(zero, [arb(0)])]])
+    return PhiDerivatives(1, fn, [grow_phi, grow_d1, grow_d2], 2)
 
 
 A1 = [[1.25], [-0.5]]  # d = 1, n = 2

@@ -1,10 +1,11 @@
 """Certified enclosures in ball arithmetic (python-flint / Arb) for d ≤ 2 latents.
 
 Everything here returns *proven* enclosures: an Arb ball is a midpoint and a radius such
-that the exact real number lies inside, and every operation (including the rigorous
-numerical integration ``acb.integral``, Gauss–Legendre with error bounds from analyticity
-on Bernstein ellipses) propagates that guarantee.  Where a proof does not go through, the
-functions raise :class:`NotCertified` with the reason; they never return an unproven ball.
+that the exact real number lies inside, and every operation propagates that guarantee.  The
+integrals use a tensor Gauss–Legendre rule on adaptive cells with a proven error bound from
+the analyticity of the integrand on Bernstein ellipses (:func:`integrate_cells`).  Where a
+proof does not go through, the functions raise :class:`NotCertified` with the reason; they
+never return an unproven ball.
 
 Quantities (THEORY notation; ε = γ⁻², x = f(z0)):
 
@@ -13,18 +14,20 @@ Quantities (THEORY notation; ε = γ⁻², x = f(z0)):
 
       log_px_red = d/2 · log(γ²/2π) + log ∫ exp φ(z) dz,   φ(z) = −γ²/2 ‖x − f(z)‖² + ℓ(z);
 
-  :func:`certify_log_px`: rigorous nested integration over parallelograms ("cores") aligned
-  with the posterior modes, plus a rigorous bound on the mass outside them (a quadtree of
-  boxes, each bounded by prior mass × sup of the likelihood factor, and the prior tails
-  beyond a large box; see docs/certified.md);
-* Gaussian expectations E_{ξ~N(0,I)}[h(μ + √s ⊙ ξ)] (:func:`gaussian_expectation`):
-  rigorous integration over ‖ξ‖∞ ≤ T plus a tail bound from a polynomial growth bound
-  |h(z)| ≤ P(‖z‖∞);
-* the reduced mean-field ELBO  ELBO_red(μ, s) = d/2 + ½ Σ_k log(γ² s_k) + E_q[φ]
-  (:func:`certify_elbo`), a certified lower bound on ELBO*;
-* ELBO* two-sided (:func:`certify_elbo_star`): Krawczyk's test on the stationarity
-  equations of the ELBO with gradient and Hessian written as Gaussian expectations
-  (Bonnet/Price), and negative definiteness of the Hessian enclosure over the box;
+  :func:`certify_log_px`: rigorous integration over cells in coordinates aligned with the
+  posterior mode, plus a rigorous bound on the mass outside them (a quadtree of boxes, each
+  bounded by prior mass × sup of the likelihood factor, and the prior tails beyond a large
+  box; see docs/certified.md);
+* Gaussian expectations E_{ξ~N(0,I)}[H(μ + Lξ, ξ)] of vector integrands
+  (:func:`gaussian_expectations`): rigorous integration over ‖ξ‖∞ ≤ T plus a tail bound from
+  a polynomial growth bound |H_c| ≤ P_c(‖z‖∞) |ξ|₂^m;
+* the reduced ELBO of a Gaussian encoder, ELBO_red = d/2 + Σ_k log(γ L_kk) + E_q[φ]
+  (:func:`certify_elbo`, :func:`certify_elbo_at`), a certified lower bound on ELBO*;
+* ELBO* two-sided for the mean-field (:func:`certify_elbo_star`) and the full-covariance
+  (:func:`certify_elbo_star_fullcov`) encoder: Krawczyk's test on the stationarity
+  equations, with gradient and Hessian written as Gaussian expectations of ∇φ and ∇²φ
+  (reparametrization z = μ + Lξ), and negative definiteness of the Hessian enclosure over
+  the parameter box;
 * c_IMA from an enclosure of J(z0) (:func:`c_ima_ball`).
 
 Nothing here knows sympy: the integrands arrive as callables that accept lists of ``arb``
@@ -32,7 +35,7 @@ Nothing here knows sympy: the integrands arrive as callables that accept lists o
 Complex evaluation must be *analytic-checked*: every function with a branch cut or a kink
 returns a non-finite ball when its argument ball touches the cut (:data:`ARB_FUNCTIONS`), so
 that a finite enclosure of an integrand on a complex ball proves it holomorphic there, as
-``acb.integral`` requires.
+the quadrature error bound requires.
 """
 
 from __future__ import annotations
@@ -735,7 +738,7 @@ def certify_log_px(
     1. far field: a z-box B = Π[loc_k − T_k, loc_k + T_k] with prior mass outside it below
        the budget (the prior tails of :class:`CertPrior1D`; outside B, e^φ ≤ p0(z) because
        e^{−γ²‖x−f‖²/2} ≤ 1), and the u-box K = [−U, U]^d (U = R·2^k) whose image contains B;
-    2. a quadtree over K: each cell Q is either integrated (nested ``acb.integral`` of
+    2. a quadtree over K: each cell Q is either integrated (:func:`integrate_cells` of
        e^{φ(ẑ+Lu)−φref}; cells with real mass and side ≤ R) or bounded by the smaller of
        (a) |det L|⁻¹ P0(H) sup_H e^{−γ²‖x−f‖²/2} e^{−φref} (H the z-hull of the cell, P0(H)
        a product of one-dimensional prior masses) and (b) area · exp(φ(c) − φref +

@@ -199,6 +199,26 @@ def test_certify_point_linear_builtin_closed_form(gamma2: float) -> None:
     _check_row(row, *_closed_form_balls([[1, 0.5], [0.2, 1.3]], [0.3, -0.7], gamma2))
 
 
+def test_certify_point_fullcov_linear_closed_form() -> None:
+    """The 2-D linear-Gaussian built-in: its posterior is Gaussian, so the full-covariance
+    ELBO* equals log p (THEORY C1 with KL = 0, C14): the certified full-covariance ELBO*
+    ball contains the closed-form log p, the gap_fullcov ball contains 0, both tiny; the
+    mean-field quantities keep their closed forms."""
+    sym = builtin_spec("linear")
+    row = certify_point(sym, sym.points[0], 100.0, full_cov=True)
+    lp, es, gap, c = _closed_form_balls([[1, 0.5], [0.2, 1.3]], [0.3, -0.7], 100.0)
+    _check_row(row, lp, es, gap, c)
+    assert row.status["elbo_star_fullcov"] == "certified" and row.status["gap_fullcov"] == "certified", row.status
+    assert row.balls["elbo_star_fullcov_red"].overlaps(lp)
+    assert row.balls["gap_fullcov"].contains(arb(0))
+    for q in ("elbo_star_fullcov", "gap_fullcov"):
+        assert row.balls[q].rad() <= TARGET * (1 + abs(float(row.balls[q].mid()))), q
+    assert "cov_star" in row.details["elbo_star_fullcov"]
+    assert set(row.to_dict()) >= {"elbo_star_fullcov", "gap_fullcov"}
+    # without full_cov the row has neither
+    assert "elbo_star_fullcov" not in certify_point(sym, sym.points[0], 100.0).to_dict()
+
+
 def test_interval_strings_round_outward() -> None:
     with working_precision(128):
         for a in (arb(1) / 3, -arb.pi() * 10**7, arb(2) ** -80, arb("1.5 +/- 1e-30"), arb(0)):
@@ -278,10 +298,14 @@ def test_cmd_certify_json(tmp_path: Path, capsys) -> None:
     assert data["model"]["d"] == 1 and len(data["rows"]) == 1
     row = data["rows"][0]
     assert row["latent"] == [0.75] and row["gamma2"] == 100.0
-    for q in ("log_px", "elbo_star", "gap", "c_ima"):
+    for q in ("log_px", "elbo_star", "gap", "c_ima", "elbo_star_fullcov", "gap_fullcov"):
         assert isinstance(row[q]["lo"], str) and Fraction(row[q]["lo"]) <= Fraction(row[q]["hi"])
         assert row["status"][q] == "certified"
-    assert "log_px" in capsys.readouterr().out
+    assert "elbo_star_fullcov" in capsys.readouterr().out
+    # --no-full-cov leaves the full-covariance quantities out
+    args = _parser().parse_args(["certify", str(spec), "--json", str(out), "--no-progress", "--no-full-cov"])
+    assert args.func(args) == 0
+    assert "elbo_star_fullcov" not in json.loads(out.read_text())["rows"][0]
 
 
 def test_cmd_certify_bad_precision(tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_growth_bounds_of_prior_derivatives(k: int) -> None:
         _check_growth(sp.diff(prior.logpdf, t, k), [t])
 
 
-@pytest.mark.parametrize("name", ["triangular", "mlp", "embedding", "ima"])
+@pytest.mark.parametrize("name", ["triangular", "mlp", "embedding", "ima", "mobius"])
 def test_growth_bounds_of_decoders(name: str) -> None:
     sym = builtin_spec(name)
     for c in sym.decoder:

@@ -21,11 +21,11 @@ import scipy.stats
 from flint import acb, arb
 
 from numerics.certified import (
-    _negative_definite,
     CertPrior1D,
     CertProblem,
     NotCertified,
     PhiDerivatives,
+    _negative_definite,
     c_ima_ball,
     certify_elbo,
     certify_elbo_star,

@@ -987,11 +987,11 @@ def _finish(latent, gamma2, status, balls, details, t0, c0, n, d) -> CertifiedRo
 
 
 def certify_spec(sym: SymbolicModel, prec: int | None = None, progress: bool = True, two_sided: bool = True,
-                 names: Mapping[type, str] | None = None, full_cov: bool = False) -> list[CertifiedRow]:
+                 names: Mapping[type, str] | None = None, full_cov: bool = True) -> list[CertifiedRow]:
     """Certified rows for every latent point and γ² of a spec (points outer, like
     `evaluate`).  ``prec``: working precision in bits (default: chosen per γ², raised once
-    when the log p ball is wider than its target).  ``full_cov``: also certify the
-    full-covariance ELBO* and its gap."""
+    when the log p ball is wider than its target).  ``full_cov`` (default, as in the CLI):
+    also certify the full-covariance ELBO* and its gap."""
     if not sym.gamma2:
         raise SpecError("spec has no 'gamma2' (a list of decoder precisions γ² > 0)")
     if not sym.points:

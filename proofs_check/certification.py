@@ -1,11 +1,12 @@
-"""`gapcheck certify`: proven enclosures (Arb balls) of log p_γ(x), ELBO*(x), the gap and
-c_IMA for a model spec with d ≤ 2 latents (numerics.certified does the integration).
+"""`gapcheck certify`: proven enclosures (Arb balls) of log p_γ(x), ELBO*(x) for the
+mean-field and the full-covariance Gaussian encoder, the gaps and c_IMA for a model spec with
+d ≤ 2 latents (numerics.certified does the integration).
 
 This module joins the two sides: it translates the spec's sympy expressions into ball
 arithmetic (:func:`to_arb`), derives polynomial growth bounds |h(z)| ≤ P(‖z‖∞) for the tail
 bounds (:func:`growth_bound`), differentiates φ symbolically for the ELBO's gradient and
 Hessian, runs the fast path (numerics.posterior / numerics.elbo) only for *hints* (posterior
-modes and scales, the optimal encoder), and writes rows shaped like `evaluate`'s with each
+modes and scales, the optimal encoders), and writes rows shaped like `evaluate`'s with each
 quantity an interval of decimal strings rounded outward.
 
 Statuses: "certified" (a proven two-sided enclosure), "lower bound only" (ELBO*: the ELBO at
@@ -31,11 +32,13 @@ from flint import acb, arb, fmpq, fmpz
 from numerics.certified import (
     CertPrior1D,
     CertProblem,
-    ExprSet,
     NotCertified,
+    PhiDerivatives,
     arb_function,
     c_ima_ball,
+    certify_elbo_at,
     certify_elbo_star,
+    certify_elbo_star_fullcov,
     certify_log_px,
     exact_float,
     exact_rational,
@@ -52,6 +55,8 @@ STATUS_OK = "certified"
 STATUS_LOWER = "lower bound only"
 STATUS_UPPER = "upper bound only"
 QUANTITIES = ("log_px", "elbo_star", "gap", "c_ima")
+#: Quantities added by ``full_cov`` (the full-covariance Gaussian encoder, THEORY C14).
+FULLCOV_QUANTITIES = ("elbo_star_fullcov", "gap_fullcov")
 
 
 # ----------------------------------------------------------------------------------------
@@ -250,7 +255,7 @@ def _build(e: sp.Basic, slots: Mapping[sp.Symbol, int], params: Mapping[sp.Symbo
 
 
 def _sq(a: Num) -> Num:
-    return a * a if isinstance(a, acb) else square(a)
+    return square(a)
 
 
 def _sum_fn(fns: list, c: Any = None):
@@ -628,43 +633,36 @@ def phi_symbolic(sym: SymbolicModel) -> tuple[sp.Expr, list[sp.Symbol], sp.Symbo
 
 
 def elbo_exprs(sym: SymbolicModel, prob: CertProblem, derivatives: bool = True,
-               names: Mapping[type, str] | None = None) -> tuple[ExprSet, str]:
-    """φ and its derivatives (∂_j, ∂_j∂_k, ∂_j∂_k², ∂_j²∂_k²) as ball callables with growth
-    bounds.  Returns (exprs, reason): when a growth bound fails for a derivative, the
-    derivative entries are None and ``reason`` says why (the ELBO value alone may still be
-    certified); when it fails for φ itself, NotCertified is raised."""
+               names: Mapping[type, str] | None = None) -> tuple[PhiDerivatives, str]:
+    """φ and its first and second derivatives (∂_jφ, ∂_j∂_kφ) as one compiled ball function
+    (shared subexpressions) with a growth bound per output.  Returns (derivatives, reason):
+    when a growth bound or a translation fails for a derivative, only φ is returned (order 0)
+    and ``reason`` says why (the ELBO value alone may still be certified); when it fails for
+    φ itself, NotCertified is raised."""
     phi, X, G = phi_symbolic(sym)
     params = {**{Xi: xi for Xi, xi in zip(X, prob.x)}, G: prob.gamma2}
     zs = list(sym.latents)
 
-    def pair(e: sp.Expr):
-        fn = compile_arb([e], zs, params, names)
-        return (lambda z: fn(z)[0]), growth_bound(e, zs, params, names)
+    def build(exprs: list[sp.Expr], order: int) -> PhiDerivatives:
+        growth = [growth_bound(e, zs, params, names) for e in exprs]
+        fn = compile_arb(exprs, zs, params, names)
+        return PhiDerivatives(sym.d, fn, growth, order)
 
     try:
-        phi_pair = pair(phi)
+        phi_only = build([phi], 0)
     except Unbounded as exc:
         raise NotCertified(f"no tail bound for E_q[φ]: {exc}") from None
     if not derivatives:
-        return ExprSet(phi_pair), "derivatives not requested"
+        return phi_only, "derivatives not requested"
     d = sym.d
     try:
         grad = [sp.diff(phi, z) for z in zs]
-        hess = [[sp.diff(grad[j], zs[k]) for k in range(d)] for j in range(d)]
-        third = [[sp.diff(hess[k][k], zs[j]) for k in range(d)] for j in range(d)]
-        fourth = [[sp.diff(hess[k][k], zs[j], 2) for k in range(d)] for j in range(d)]
-        es = ExprSet(
-            phi_pair,
-            [pair(g) for g in grad],
-            [[pair(h) for h in row] for row in hess],
-            [[pair(h) for h in row] for row in third],
-            [[pair(h) for h in row] for row in fourth],
-        )
-        return es, ""
+        hess = [sp.diff(grad[i], zs[k]) for i in range(d) for k in range(i, d)]
+        return build([phi, *grad, *hess], 2), ""
     except Unbounded as exc:
-        return ExprSet(phi_pair), f"no tail bound for a derivative of φ: {exc}"
+        return phi_only, f"no tail bound for a derivative of φ: {exc}"
     except SpecError as exc:
-        return ExprSet(phi_pair), f"a derivative of φ has no ball-arithmetic translation: {exc}"
+        return phi_only, f"a derivative of φ has no ball-arithmetic translation: {exc}"
 
 
 def jacobian_balls(sym: SymbolicModel, point: Sequence[sp.Expr], names: Mapping[type, str] | None = None) -> list[list[arb]]:
@@ -722,7 +720,7 @@ def one_sided_strings(lo: arb | None = None, hi: arb | None = None, digits: int 
 class CertifiedRow:
     """One (z0, γ²) row: proven intervals (decimal strings rounded outward) and a status per
     quantity.  ``balls`` keeps the arb balls (reduced log p and ELBO* too) for callers in
-    Python."""
+    Python.  The full-covariance quantities are present only when they were asked for."""
 
     latent: list[float]
     gamma2: float
@@ -732,15 +730,21 @@ class CertifiedRow:
     reduced: dict[str, dict[str, str] | None] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     balls: dict[str, Any] = field(default_factory=dict, repr=False)
+    cpu_seconds: float = 0.0
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        return QUANTITIES + (FULLCOV_QUANTITIES if "elbo_star_fullcov" in self.status else ())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "latent": self.latent,
             "gamma2": self.gamma2,
-            **{q: self.intervals.get(q) for q in QUANTITIES},
+            **{q: self.intervals.get(q) for q in self.quantities},
             "status": self.status,
             "reduced": self.reduced,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
             "details": self.details,
         }
 
@@ -751,9 +755,10 @@ def default_precision(gamma2: float, x_max: float) -> int:
     return 72 + math.ceil(math.log2(1.0 + gamma2)) + math.ceil(math.log2(1.0 + x_max))
 
 
-def _fast_hints(sym: SymbolicModel, point, gamma2: float):
-    """Posterior modes, Laplace scales and the optimal encoder from the fast float64 path
-    (hints only: the certificates never assume them right)."""
+def _fast_hints(sym: SymbolicModel, point, gamma2: float, full_cov: bool = False) -> dict[str, Any]:
+    """Posterior modes, Laplace scales and the optimal encoders from the fast float64 path
+    (hints only: the certificates never assume them right): keys ``modes``, ``scales``,
+    ``mu``, ``s`` (mean-field) and, with ``full_cov``, ``mu_full``, ``L_full``."""
     from numerics.elbo import elbo_star
     from numerics.posterior import find_modes
 
@@ -764,21 +769,61 @@ def _fast_hints(sym: SymbolicModel, point, gamma2: float):
     x = model.decoder(z0.unsqueeze(0))
     pm = find_modes(model, x, [gamma2], z0.unsqueeze(0))[0]
     st = elbo_star(model, [pm])[0]
-    modes = pm.modes.tolist()
-    scales = [pm.scale(j).tolist() for j in range(pm.count)]
-    return modes, scales, st.argmax["mu"].tolist(), st.argmax["s"].tolist()
+    out = {"modes": pm.modes.tolist(), "scales": [pm.scale(j).tolist() for j in range(pm.count)],
+           "mu": st.argmax["mu"].tolist(), "s": st.argmax["s"].tolist()}
+    if full_cov:
+        try:
+            out["mu_full"], out["L_full"] = _fast_fullcov_optimum(model, pm)
+        except Exception as exc:  # noqa: BLE001  (only the full-covariance rows lose their start)
+            out["full_error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _fast_fullcov_optimum(model, pm) -> tuple[list[float], list[list[float]]]:
+    """The fast path's full-covariance optimum (μ, L), Σ = L Lᵀ: numerics.elbo.elbo_star_fullcov
+    reports only the value, so its optimizer (the same start, refinement and Newton method)
+    is run here to read off the maximiser.  A hint only."""
+    import torch
+
+    from numerics import elbo as ne
+    from numerics.posterior import rounding_bound
+    from numerics.quadrature import refinement_levels
+
+    d = model.d
+    rows, cols = torch.tril_indices(d, d, offset=-1)
+    Ht = pm.chol[0] @ pm.chol[0].T
+    Lc = torch.linalg.cholesky(torch.linalg.inv(Ht))
+    params = torch.cat([torch.zeros(d, dtype=torch.float64), torch.log(torch.diagonal(Lc)), Lc[rows, cols]]).unsqueeze(0)
+    args = (pm.x.unsqueeze(0), torch.tensor([pm.eps], dtype=torch.float64), pm.modes[0].unsqueeze(0))
+    rb = torch.tensor([rounding_bound(pm.x, pm.gamma2, d)], dtype=torch.float64)
+    ref = ne._refined_newton(lambda nodes, logw: ne._elbo_red_fullcov(model, nodes, logw), params, args, rb,
+                             refinement_levels(d), 1e-13, 100, d,
+                             lambda i, dec, its: f"full-covariance ELBO* did not converge (decrement {dec:.3e})")
+    th = ref.params[0]
+    se = math.sqrt(pm.eps)
+    L = torch.diag(torch.exp(th[d:2 * d]))
+    if d > 1:
+        L[rows, cols] = th[2 * d:]
+    mu = pm.modes[0] + se * th[:d]
+    return mu.tolist(), (se * L).tolist()
 
 
 def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, prec: int | None = None,
                   two_sided: bool = True, names: Mapping[type, str] | None = None, target: float = 1e-15,
-                  hints: dict[str, Any] | None = None) -> CertifiedRow:
-    """Certify log p, ELBO*, the gap and c_IMA at x = f(z0) for one γ² (module doc)."""
-    t0 = time.perf_counter()
+                  hints: dict[str, Any] | None = None, full_cov: bool = False) -> CertifiedRow:
+    """Certify log p, ELBO* (mean-field; with ``full_cov`` also the full-covariance ELBO*),
+    the gap(s) and c_IMA at x = f(z0) for one γ² (module doc)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     status: dict[str, str] = {}
     balls: dict[str, Any] = {}
     details: dict[str, Any] = {}
     latent = [float(v) for v in point]
     n, d = sym.n, sym.d
+    gamma_qs = ("log_px", "elbo_star", "gap") + (("elbo_star_fullcov", "gap_fullcov") if full_cov else ())
+
+    def finish() -> CertifiedRow:
+        return _finish(latent, gamma2, status, balls, details, t0, c0, n, d)
+
     # c_IMA (independent of γ²)
     try:
         with working_precision(max(prec or 0, 128)):
@@ -789,25 +834,24 @@ def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, p
     except (NotCertified, SpecError) as exc:
         status["c_ima"] = f"not certified: {exc}"
     if d > 2:
-        for q in ("log_px", "elbo_star", "gap"):
+        for q in gamma_qs:
             status[q] = f"not certified: certificates are implemented for d <= 2 latents (d = {d})"
-        return _finish(latent, gamma2, status, balls, details, t0, n, d)
+        return finish()
     try:
         with working_precision(64):
             x_max = max(abs(float(v)) for v in cert_problem(sym, point, gamma2, 64, names).x)
     except (NotCertified, SpecError) as exc:
-        for q in ("log_px", "elbo_star", "gap"):
+        for q in gamma_qs:
             status[q] = f"not certified: {exc}"
-        return _finish(latent, gamma2, status, balls, details, t0, n, d)
+        return finish()
     try:
         if hints is None:
-            modes, scales, mu_h, s_h = _fast_hints(sym, point, gamma2)
-        else:
-            modes, scales, mu_h, s_h = hints["modes"], hints["scales"], hints["mu"], hints["s"]
+            hints = _fast_hints(sym, point, gamma2, full_cov)
+        modes, scales = hints["modes"], hints["scales"]
     except Exception as exc:  # noqa: BLE001  (any failure of the fast path leaves nothing to start from)
-        for q in ("log_px", "elbo_star", "gap"):
+        for q in gamma_qs:
             status[q] = f"not certified: the fast path found no starting point ({type(exc).__name__}: {exc})"
-        return _finish(latent, gamma2, status, balls, details, t0, n, d)
+        return finish()
     p0 = prec or default_precision(gamma2, x_max)
     # log p
     lp = None
@@ -834,40 +878,73 @@ def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, p
                              "far_T": lp.far_T, "seconds": round(lp.seconds, 3), **lp.details}
     else:
         status["log_px"] = f"not certified: {last_exc}"
-    # ELBO*
+    # ELBO* (mean-field, then full covariance)
+    families = ("meanfield", "fullcov") if full_cov else ("meanfield",)
+    for fam in families:
+        _elbo_star_row(sym, point, gamma2, p0, names, two_sided, fam, hints, status, balls, details)
+    # gaps (at high precision: the default 53 bits would round the difference)
+    with working_precision(256):
+        _gap(balls, status, "")
+        if full_cov:
+            _gap(balls, status, "_fullcov")
+    return finish()
+
+
+def _elbo_star_row(sym, point, gamma2, p0, names, two_sided, family, hints, status, balls, details) -> None:
+    """The ELBO* certificate of one encoder family into the row's dicts (keys ``elbo_star``
+    or ``elbo_star_fullcov``)."""
+    sfx = "" if family == "meanfield" else "_fullcov"
+    q = "elbo_star" + sfx
     try:
         with working_precision(p0):
             prob = cert_problem(sym, point, gamma2, p0, names)
-            exprs, why = elbo_exprs(sym, prob, derivatives=two_sided, names=names)
-            ec = certify_elbo_star(exprs, prob.gamma2, mu_h, s_h)
-        balls["elbo_lower_red"] = ec.lower_bound
-        details["elbo_star"] = {"precision_bits": p0, "seconds": round(ec.seconds, 3), **ec.details}
+            pd, why = elbo_exprs(sym, prob, derivatives=two_sided, names=names)
+            if family == "meanfield":
+                mu_h, s_h = hints["mu"], hints["s"]
+                L_h = [[math.sqrt(s_h[i]) if i == j else 0.0 for j in range(sym.d)] for i in range(sym.d)]
+            else:
+                if "mu_full" not in hints:
+                    why_not = hints.get("full_error", "none given")
+                    raise NotCertified(f"the fast path found no full-covariance starting point ({why_not})")
+                mu_h, L_h = hints["mu_full"], hints["L_full"]
+            if pd.order < 2:
+                lb = certify_elbo_at(pd, prob.gamma2, [exact_float(v) for v in mu_h],
+                                     [[exact_float(v) for v in row] for row in L_h])
+                balls[f"elbo_lower{sfx}_red"] = lb
+                status[q] = f"{STATUS_LOWER} (upper bound not certified: {why})"
+                details[q] = {"precision_bits": p0}
+                return
+            if family == "meanfield":
+                ec = certify_elbo_star(pd, prob.gamma2, mu_h, s_h)
+            else:
+                ec = certify_elbo_star_fullcov(pd, prob.gamma2, mu_h, L_h)
+        balls[f"elbo_lower{sfx}_red"] = ec.lower_bound
+        details[q] = {"precision_bits": p0, "seconds": round(ec.seconds, 3), **ec.details}
         if ec.two_sided and ec.value is not None:
-            balls["elbo_star_red"] = ec.value
-            status["elbo_star"] = STATUS_OK
-            details["elbo_star"]["box_radius"] = ec.box_radius
-            details["elbo_star"]["mu_star"] = [interval_strings(m, 17) for m in ec.mu]
-            details["elbo_star"]["s_star"] = [interval_strings(s, 17) for s in ec.s]
+            balls[f"elbo_star{sfx}_red"] = ec.value
+            status[q] = STATUS_OK
+            details[q]["box_radius"] = ec.box_radius
+            details[q]["mu_star"] = [interval_strings(m, 17) for m in ec.mu]
+            if family == "meanfield":
+                details[q]["s_star"] = [interval_strings(v, 17) for v in ec.s]
+            else:
+                details[q]["cov_star"] = [[interval_strings(v, 17) for v in row] for row in ec.cov]
         else:
-            reason = why or ec.reason
-            status["elbo_star"] = f"{STATUS_LOWER} (upper bound not certified: {reason})"
+            status[q] = f"{STATUS_LOWER} (upper bound not certified: {ec.reason})"
     except (NotCertified, SpecError) as exc:
-        status["elbo_star"] = f"not certified: {exc}"
-    # gap (at high precision: the default 53 bits would round the difference)
-    with working_precision(256):
-        _gap(balls, status)
-    return _finish(latent, gamma2, status, balls, details, t0, n, d)
+        status[q] = f"not certified: {exc}"
 
 
-def _gap(balls: dict[str, Any], status: dict[str, str]) -> None:
-    if "log_px_red" in balls and "elbo_star_red" in balls:
-        balls["gap"] = balls["log_px_red"] - balls["elbo_star_red"]
-        status["gap"] = STATUS_OK
-    elif "log_px_red" in balls and "elbo_lower_red" in balls:
-        balls["gap_upper"] = arb(balls["log_px_red"].upper()) - arb(balls["elbo_lower_red"].lower())
-        status["gap"] = f"{STATUS_UPPER} (ELBO* has a lower bound only)"
+def _gap(balls: dict[str, Any], status: dict[str, str], sfx: str = "") -> None:
+    gq = "gap" + sfx
+    if "log_px_red" in balls and f"elbo_star{sfx}_red" in balls:
+        balls[gq] = balls["log_px_red"] - balls[f"elbo_star{sfx}_red"]
+        status[gq] = STATUS_OK
+    elif "log_px_red" in balls and f"elbo_lower{sfx}_red" in balls:
+        balls[gq + "_upper"] = arb(balls["log_px_red"].upper()) - arb(balls[f"elbo_lower{sfx}_red"].lower())
+        status[gq] = f"{STATUS_UPPER} (ELBO* has a lower bound only)"
     else:
-        status["gap"] = "not certified: needs log p and ELBO* enclosures"
+        status[gq] = "not certified: needs log p and ELBO* enclosures"
 
 
 def _c_ima_general(J: list[list[arb]]) -> arb:
@@ -878,38 +955,43 @@ def _c_ima_general(J: list[list[arb]]) -> arb:
     return sum((Gm[k][k].log() for k in range(d)), arb(0)) / 2 - _det(Gm).log() / 2
 
 
-def _finish(latent, gamma2, status, balls, details, t0, n, d) -> CertifiedRow:
+def _finish(latent, gamma2, status, balls, details, t0, c0, n, d) -> CertifiedRow:
     with working_precision(256):
         div = (n - d) * (exact_float(gamma2) / (2 * arb.pi())).log() / 2
-        intervals: dict[str, dict[str, str] | None] = {q: None for q in QUANTITIES}
+        intervals: dict[str, dict[str, str] | None] = {q: None for q in QUANTITIES + FULLCOV_QUANTITIES if q in status}
         reduced: dict[str, dict[str, str] | None] = {"divergent_term": interval_strings(div)}
         balls["divergent_term"] = div
         if "log_px_red" in balls:
             intervals["log_px"] = interval_strings(balls["log_px_red"] + div)
             reduced["log_px"] = interval_strings(balls["log_px_red"])
             balls["log_px"] = balls["log_px_red"] + div
-        if "elbo_star_red" in balls:
-            intervals["elbo_star"] = interval_strings(balls["elbo_star_red"] + div)
-            reduced["elbo_star"] = interval_strings(balls["elbo_star_red"])
-            balls["elbo_star"] = balls["elbo_star_red"] + div
-        elif "elbo_lower_red" in balls:
-            balls["elbo_lower"] = balls["elbo_lower_red"] + div
-            intervals["elbo_star"] = one_sided_strings(lo=balls["elbo_lower"])
-            reduced["elbo_star"] = one_sided_strings(lo=balls["elbo_lower_red"])
-        if "gap" in balls:
-            intervals["gap"] = interval_strings(balls["gap"])
-        elif "gap_upper" in balls:
-            intervals["gap"] = one_sided_strings(hi=balls["gap_upper"])
+        for sfx in ("", "_fullcov"):
+            q = "elbo_star" + sfx
+            if f"elbo_star{sfx}_red" in balls:
+                intervals[q] = interval_strings(balls[f"elbo_star{sfx}_red"] + div)
+                reduced[q] = interval_strings(balls[f"elbo_star{sfx}_red"])
+                balls[q] = balls[f"elbo_star{sfx}_red"] + div
+            elif f"elbo_lower{sfx}_red" in balls:
+                balls["elbo_lower" + sfx] = balls[f"elbo_lower{sfx}_red"] + div
+                intervals[q] = one_sided_strings(lo=balls["elbo_lower" + sfx])
+                reduced[q] = one_sided_strings(lo=balls[f"elbo_lower{sfx}_red"])
+            g = "gap" + sfx
+            if g in balls:
+                intervals[g] = interval_strings(balls[g])
+            elif g + "_upper" in balls:
+                intervals[g] = one_sided_strings(hi=balls[g + "_upper"])
         if "c_ima" in balls:
             intervals["c_ima"] = interval_strings(balls["c_ima"])
-    return CertifiedRow(latent, float(gamma2), intervals, status, time.perf_counter() - t0, reduced, details, balls)
+    return CertifiedRow(latent, float(gamma2), intervals, status, time.perf_counter() - t0, reduced, details, balls,
+                        round(time.process_time() - c0, 3))
 
 
 def certify_spec(sym: SymbolicModel, prec: int | None = None, progress: bool = True, two_sided: bool = True,
-                 names: Mapping[type, str] | None = None) -> list[CertifiedRow]:
+                 names: Mapping[type, str] | None = None, full_cov: bool = True) -> list[CertifiedRow]:
     """Certified rows for every latent point and γ² of a spec (points outer, like
     `evaluate`).  ``prec``: working precision in bits (default: chosen per γ², raised once
-    when the log p ball is wider than its target)."""
+    when the log p ball is wider than its target).  ``full_cov`` (default, as in the CLI):
+    also certify the full-covariance ELBO* and its gap."""
     if not sym.gamma2:
         raise SpecError("spec has no 'gamma2' (a list of decoder precisions γ² > 0)")
     if not sym.points:
@@ -926,7 +1008,7 @@ def certify_spec(sym: SymbolicModel, prec: int | None = None, progress: bool = T
     for p, g in items:
         if bar:
             bar.set_postfix_str(f"gamma2={g:g}")
-        rows.append(certify_point(sym, p, g, prec=prec, two_sided=two_sided, names=names))
+        rows.append(certify_point(sym, p, g, prec=prec, two_sided=two_sided, names=names, full_cov=full_cov))
         if bar:
             bar.update(1)
     if bar:
@@ -943,9 +1025,10 @@ def add_certify_parser(subparsers: Any) -> argparse.ArgumentParser:
     """`gapcheck certify SPEC [--prec BITS] [--json PATH]`."""
     ce = subparsers.add_parser(
         "certify",
-        help="proven enclosures (ball arithmetic) of log p, ELBO*, the gap and c_IMA, d <= 2",
+        help="proven enclosures (ball arithmetic) of log p, ELBO* (mean-field, full covariance), the gap and c_IMA, d <= 2",
         description="Certify, with rigorous ball arithmetic (Arb via python-flint), intervals that provably contain "
-        "log p_gamma(x), ELBO*(x) (mean-field), the gap and c_IMA at x = f(z0) for every latent point and decoder "
+        "log p_gamma(x), ELBO*(x) (mean-field and full-covariance Gaussian encoders), the gaps and c_IMA at x = f(z0) "
+        "for every latent point and decoder "
         "precision of a TOML model spec with d <= 2 latents. Each quantity is an interval of decimal strings rounded "
         "outward, with a status: certified, lower/upper bound only, or not certified with the reason. Method and "
         "assumptions: docs/certified.md.",
@@ -954,6 +1037,9 @@ def add_certify_parser(subparsers: Any) -> argparse.ArgumentParser:
     ce.add_argument("--prec", type=int, metavar="BITS", default=None,
                     help="working precision in bits (default: chosen per gamma^2, raised when needed)")
     ce.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH ('-' for stdout only)")
+    ce.add_argument("--full-cov", action=argparse.BooleanOptionalAction, default=True,
+                    help="also certify ELBO* of the full-covariance Gaussian encoder and its gap (default: on; "
+                    "--no-full-cov skips it, about halving the ELBO* work)")
     ce.add_argument("--no-progress", action="store_true", help="no progress bar")
     ce.set_defaults(func=cmd_certify)
     return ce
@@ -961,15 +1047,15 @@ def add_certify_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def format_rows(sym: SymbolicModel, rows: Sequence[CertifiedRow]) -> str:
     head = (f"model {sym.name!r}: d = {sym.d}, n = {sym.n}, prior {sym.prior_label}; {len(rows)} rows "
-            f"in {sum(r.seconds for r in rows):.1f} s (intervals rounded outward)")
+            f"in {sum(r.seconds for r in rows):.1f} s, {sum(r.cpu_seconds for r in rows):.1f} s CPU (intervals rounded outward)")
     lines = [head, ""]
     for r in rows:
         z = "(" + ", ".join(f"{v:.4g}" for v in r.latent) + ")"
-        lines.append(f"z0 = {z}, gamma^2 = {r.gamma2:g}  ({r.seconds:.1f} s)")
-        for q in QUANTITIES:
+        lines.append(f"z0 = {z}, gamma^2 = {r.gamma2:g}  ({r.seconds:.1f} s, {r.cpu_seconds:.1f} s CPU)")
+        for q in r.quantities:
             iv = r.intervals.get(q)
             shown = f"[{iv['lo']}, {iv['hi']}]" if iv else "-"
-            lines.append(f"  {q:<10} {shown:<62} {r.status.get(q, '')}")
+            lines.append(f"  {q:<17} {shown:<62} {r.status.get(q, '')}")
     return "\n".join(lines)
 
 
@@ -983,7 +1069,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         raise UserError(f"--prec must be between 32 and 4096 bits, got {args.prec}")
     if sym.d > 2:
         raise UserError(f"certify supports d <= 2 latents; {args.spec} has d = {sym.d}")
-    rows = certify_spec(sym, prec=args.prec, progress=not getattr(args, "no_progress", False))
+    rows = certify_spec(sym, prec=args.prec, progress=not getattr(args, "no_progress", False),
+                        full_cov=getattr(args, "full_cov", True))
     payload = {
         "model": {"name": sym.name, "d": sym.d, "n": sym.n, "decoder": [str(c) for c in sym.decoder], "prior": sym.prior_label},
         "certified": True,

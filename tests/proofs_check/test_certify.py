@@ -140,7 +140,7 @@ def test_growth_bounds_of_prior_derivatives(k: int) -> None:
         _check_growth(sp.diff(prior.logpdf, t, k), [t])
 
 
-@pytest.mark.parametrize("name", ["triangular", "mlp", "embedding", "ima"])
+@pytest.mark.parametrize("name", ["triangular", "mlp", "embedding", "ima", "mobius"])
 def test_growth_bounds_of_decoders(name: str) -> None:
     sym = builtin_spec(name)
     for c in sym.decoder:
@@ -199,6 +199,26 @@ def test_certify_point_linear_builtin_closed_form(gamma2: float) -> None:
     _check_row(row, *_closed_form_balls([[1, 0.5], [0.2, 1.3]], [0.3, -0.7], gamma2))
 
 
+def test_certify_point_fullcov_linear_closed_form() -> None:
+    """The 2-D linear-Gaussian built-in: its posterior is Gaussian, so the full-covariance
+    ELBO* equals log p (THEORY C1 with KL = 0, C14): the certified full-covariance ELBO*
+    ball contains the closed-form log p, the gap_fullcov ball contains 0, both tiny; the
+    mean-field quantities keep their closed forms."""
+    sym = builtin_spec("linear")
+    row = certify_point(sym, sym.points[0], 100.0, full_cov=True)
+    lp, es, gap, c = _closed_form_balls([[1, 0.5], [0.2, 1.3]], [0.3, -0.7], 100.0)
+    _check_row(row, lp, es, gap, c)
+    assert row.status["elbo_star_fullcov"] == "certified" and row.status["gap_fullcov"] == "certified", row.status
+    assert row.balls["elbo_star_fullcov_red"].overlaps(lp)
+    assert row.balls["gap_fullcov"].contains(arb(0))
+    for q in ("elbo_star_fullcov", "gap_fullcov"):
+        assert row.balls[q].rad() <= TARGET * (1 + abs(float(row.balls[q].mid()))), q
+    assert "cov_star" in row.details["elbo_star_fullcov"]
+    assert set(row.to_dict()) >= {"elbo_star_fullcov", "gap_fullcov"}
+    # without full_cov the row has neither
+    assert "elbo_star_fullcov" not in certify_point(sym, sym.points[0], 100.0).to_dict()
+
+
 def test_interval_strings_round_outward() -> None:
     with working_precision(128):
         for a in (arb(1) / 3, -arb.pi() * 10**7, arb(2) ** -80, arb("1.5 +/- 1e-30"), arb(0)):
@@ -226,14 +246,35 @@ def test_not_certified_custom_prior_and_d3() -> None:
     assert "d <= 2" in row3.status["log_px"] and row3.status["c_ima"] == "certified"
 
 
+#: The old built-in Möbius decoder, the plane map w ↦ 10/(w − 3): a pole at z = (3, 0) in the
+#: latent plane (docs/theory.md, C12).
+POLE_MOBIUS = """
+name = "mobius_pole"
+decoder = ["10*(z1 - 3)/((z1 - 3)**2 + z2**2)", "-10*z2/((z1 - 3)**2 + z2**2)"]
+prior = "logistic"
+gamma2 = [1e4]
+latents = [[0.5, 0.7]]
+"""
+
+
 def test_not_certified_elbo_with_a_pole() -> None:
-    """The Möbius decoder has a pole at z = (3, 0): E_q‖x − f(z)‖² diverges for every
-    Gaussian q (∫ r⁻² r dr near the pole), so no tail bound exists and ELBO is refused."""
-    sym = builtin_spec("mobius")
+    """A decoder with a pole in the latent plane (the old Möbius map): E_q‖x − f(z)‖²
+    diverges for every Gaussian q (∫ r⁻² r dr near the pole), so no tail bound exists and the
+    ELBO is refused; certify_point then says "not certified" for ELBO* and the gap while
+    log p (finite: the likelihood factor is at most 1) is still certified."""
+    sym = loads_spec(POLE_MOBIUS)
     with working_precision(64):
-        prob = cert_problem(sym, sym.points[0], 100.0, 64)
+        prob = cert_problem(sym, sym.points[0], 1e4, 64)
         with pytest.raises(NotCertified, match="tail bound"):
             elbo_exprs(sym, prob)
+    # hints as the fast path gives them (mode z0, Laplace scale |J|^-1 / γ, |J| = 10/|w0 − 3|²)
+    scale = ((2.5**2 + 0.7**2) / 10) / 100
+    hints = {"modes": [[0.5, 0.7]], "scales": [[[scale, 0.0], [0.0, scale]]], "mu": [0.5, 0.7], "s": [scale**2] * 2}
+    row = certify_point(sym, sym.points[0], 1e4, hints=hints)
+    assert row.status["log_px"] == "certified", row.status
+    assert row.status["elbo_star"].startswith("not certified") and "tail bound" in row.status["elbo_star"]
+    assert row.status["gap"].startswith("not certified")
+    assert row.intervals["elbo_star"] is None and row.intervals["gap"] is None
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,10 +298,14 @@ def test_cmd_certify_json(tmp_path: Path, capsys) -> None:
     assert data["model"]["d"] == 1 and len(data["rows"]) == 1
     row = data["rows"][0]
     assert row["latent"] == [0.75] and row["gamma2"] == 100.0
-    for q in ("log_px", "elbo_star", "gap", "c_ima"):
+    for q in ("log_px", "elbo_star", "gap", "c_ima", "elbo_star_fullcov", "gap_fullcov"):
         assert isinstance(row[q]["lo"], str) and Fraction(row[q]["lo"]) <= Fraction(row[q]["hi"])
         assert row["status"][q] == "certified"
-    assert "log_px" in capsys.readouterr().out
+    assert "elbo_star_fullcov" in capsys.readouterr().out
+    # --no-full-cov leaves the full-covariance quantities out
+    args = _parser().parse_args(["certify", str(spec), "--json", str(out), "--no-progress", "--no-full-cov"])
+    assert args.func(args) == 0
+    assert "elbo_star_fullcov" not in json.loads(out.read_text())["rows"][0]
 
 
 def test_cmd_certify_bad_precision(tmp_path: Path) -> None:
@@ -308,3 +353,29 @@ def test_certified_checks_default_set() -> None:
     assert res and all(r.passed for r in res), [r.to_dict() for r in res if not r.passed]
     for fault in CERTIFIED_FAULTS:
         assert any(not r.passed for r in certified_checks(ctx, fault))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,gamma2", [("triangular", 1e2), ("mobius", 1.0)])
+def test_fast_fullcov_elbo_star_meets_its_certified_ball(name: str, gamma2: float) -> None:
+    """numerics.elbo.elbo_star_fullcov (the fast path of C14) against the certified
+    full-covariance ELBO*: the proven actual error (largest distance to the ball) is at most
+    the fast path's stated error, and the certified gap_fullcov is smaller than the
+    mean-field gap (a richer family can only raise the local maximum here)."""
+    from numerics.elbo import elbo_star_fullcov
+    from numerics.posterior import find_modes
+    from proofs_check.bridge import numeric_model, point_tensor
+
+    sym = builtin_spec(name)
+    row = certify_point(sym, sym.points[0], gamma2, full_cov=True)
+    assert row.status["elbo_star_fullcov"] == "certified", row.status
+    model = numeric_model(sym)
+    z0 = point_tensor(sym.points[0])
+    pm = find_modes(model, model.decoder(z0.unsqueeze(0)), [gamma2], z0.unsqueeze(0))[0]
+    fast = elbo_star_fullcov(model, [pm])[0]
+    ball = row.balls["elbo_star_fullcov_red"]
+    with working_precision(256):
+        v = arb(fast.value)
+        far = max(float(abs(v - arb(ball.lower())).upper()), float(abs(arb(ball.upper()) - v).upper()))
+    assert far <= fast.error, (fast.value, fast.error, ball)
+    assert row.balls["gap_fullcov"].upper() < row.balls["gap"].lower()

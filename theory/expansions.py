@@ -530,18 +530,10 @@ def _expand_core(
     # mean-field ELBO (C10, C16): E0(t) = d/2 + ½Σ log t − ½ Σ t_k M_kk + ℓ0, then ε E1(m, t)
     t = G.t
     E0 = sp.Rational(d, 2) + sum(sp.log(tk) for tk in t) / 2 - sum(t[k] * M[k, k] for k in range(d)) / 2 + ell0
-    t1 = []
-    # E0 is separable in t; solve ∂E0/∂t_k = 0 with M_kk as a positive placeholder symbol and
-    # substitute afterwards (sympy's solve simplifies its input, which takes minutes when M_kk
-    # is a large transcendental expression, e.g. for tanh decoders)
-    mkk = sp.Symbol("M_kk_placeholder", positive=True)
-    for k in range(d):
-        E0k = E0.xreplace({M[k, k]: mkk}) if M[k, k].free_symbols or not M[k, k].is_Rational else E0
-        stat = sp.diff(E0k, t[k]).xreplace({M[k, k]: mkk})
-        sol = sp.solve(stat, t[k])
-        if len(sol) != 1:
-            raise RuntimeError(f"no unique stationary t_{k + 1}: {sol}")
-        t1.append(tidy(sol[0].xreplace({mkk: M[k, k]})))
+    # E0 is separable in t: ∂E0/∂t_k = 1/(2 t_k) − M_kk/2 vanishes at t_k = 1/M_kk (C8), written
+    # directly (sympy's solve simplified its input, which took seconds for transcendental M_kk)
+    mkk = sp.Symbol("M_kk_placeholder", positive=True)  # for the C8 series below
+    t1 = [tidy(1 / M[k, k]) for k in range(d)]
     t1_sub = dict(zip(t, t1))
     E1 = G.E1_mf.xreplace(vals)
     grad_m = [sp.diff(E1, G.m[a]).xreplace(t1_sub) for a in range(d)]
@@ -762,3 +754,443 @@ def prediction_functions(model: SymbolicModel, modules: str = "numpy", log_norma
         "s2": [lam(v) for v in exp.s2],
         "refined_s2": [lam(v) for v in exp.refined_s2],
     }
+
+
+# ----------------------------------------------------------------------------------------
+# Closed-form evaluation at a numeric point (polynomial cost in n and d)
+# ----------------------------------------------------------------------------------------
+#
+# The generic formulas above are polynomials in the Taylor symbols whose number of terms grows
+# like n²d⁶ (c1 holds products of two T2's, two J's and three Σ's), so deriving them is only
+# feasible for small (n, d).  Their Gaussian expectations are sums over Wick pairings, which
+# the functions below write as tensor contractions and evaluate directly at the numbers of a
+# given model and point (docs/derivations_method.md, "closed form"); every quantity is the same
+# polynomial in J, T2, T3, g, H and Σ = M⁻¹ as the derived one, which
+# tests/theory/test_closed_form.py checks against the derivation for generic models.
+#
+# Notation as in the module docstring; rows J_i of J, w_i = ΣJ_iᵀ, P = JΣJᵀ, τ_i = tr(T2_i Σ),
+# C_i = Σ T2_i, v = Σg, T3_i[w, S] = Σ_abc w_a T3_iabc S_bc.
+#
+#   X1 = gᵀu − ½ Σ_i (J_i u) T2_i[u, u],   X2 = ½ uᵀHu − ⅛ Σ_i T2_i[u, u]² − ⅙ Σ_i (J_i u) T3_i[u, u, u]
+#   E[X2]  = ½ tr(HΣ) − ⅛ Σ_i (τ_i² + 2 tr(C_i C_i)) − ½ Σ_i T3_i[w_i, Σ]
+#   E[X1²] = gᵀΣg − Σ_i ((v·J_i) τ_i + 2 vᵀT2_i w_i) + ¼ Q6,
+#   Q6 = Σ_ij E[(J_i u)(J_j u) T2_i[u,u] T2_j[u,u]]
+#      = Σ_ij P_ij (τ_iτ_j + 2 tr(C_iC_j)) + 4 Σ_i w_iᵀT2_i y + 4 rᵀΣr + 4 Σ_ij (T2_j w_i)ᵀ Σ (T2_i w_j),
+#        y = Σ_j τ_j w_j,  r = Σ_i T2_i w_i  (the 15 pairings of a degree-6 moment),
+#   c1 = E[X2] + ½ E[X1²]  (E[X1] = 0 by parity).
+#
+# The ELBO's ε-term for q = N(z0 + εm, εS) is E1(m, S) = κ(S) + b(S)ᵀm − ½ mᵀMm with
+#   κ(S) = ½ tr(HS) − ⅛ Σ_i (tr(T2_iS)² + 2 tr((T2_iS)²)) − ½ Σ_i T3_i[S J_iᵀ, S],
+#   b(S) = g − ½ Σ_i tr(T2_iS) J_iᵀ − Σ_i T2_i S J_iᵀ,
+# so m* = Σ b and max_m E1 = κ + ½ bᵀΣb.  Mean field: S = diag(t1), t1_k = 1/M_kk (C8), μ1 = m*,
+# ELBO*'s ε-term E1* = κ + ½ bᵀΣb, a1 = c1 − E1* (C11, C16), and the ε² term of s_k* is
+# τ_k = 2 ∂_{t_k}E1(μ1, t1) / M_kk² (from ∂²E0/∂t_k² = −M_kk²/2).  Full covariance (C14): S = Σ
+# gives κ(Σ) = E[X2], so full_cov_a1 = ½ E[X1²] − ½ b(Σ)ᵀΣ b(Σ).
+#
+# Cost: O(n d³ + d⁴) arithmetic operations plus one term per nonzero Taylor coefficient.
+
+
+#: Decoders whose third-derivative tensor may have more entries than this (Σ_i C(k_i + 2, 3),
+#: k_i the number of latents output i uses) get no closed-form prediction: differentiating
+#: them symbolically would take minutes (sympy needs ~0.1–1 ms per derivative).
+MAX_TAYLOR_ENTRIES = 200_000
+#: Largest arithmetic cost (n d³ + d⁴ multiply-adds at 60 digits, ~3 µs each) of one point.
+MAX_CONTRACTION_OPS = 10_000_000
+#: Working precision (decimal digits) of the closed-form evaluation.
+CLOSED_FORM_DPS = 60
+#: Up to this d the closed form is evaluated in exact rational arithmetic when every Taylor
+#: coefficient at the point is rational (polynomial decoders, Gaussian and Student-t priors at
+#: rational points), so exact zeros stay exact.
+EXACT_ARITHMETIC_MAX_D = 6
+
+
+class PredictionSkipped(ValueError):
+    """The closed-form prediction is refused for its size; ``str(exc)`` says why."""
+
+
+@dataclass(frozen=True)
+class TaylorExpressions:
+    """The derivatives of a model as sympy expressions in the latents, nonzero entries only:
+    J[i][a] = ∂_a f_i, T2[i][(a, b)] (a ≤ b), T3[i][(a, b, c)] (a ≤ b ≤ c), g[a] = ∂_a ℓ,
+    Hd[a] = ∂²_a ℓ (the prior is factorized, so ∇²ℓ is diagonal), ell = ℓ."""
+
+    n: int
+    d: int
+    J: tuple[dict[int, sp.Expr], ...]
+    T2: tuple[dict[tuple[int, int], sp.Expr], ...]
+    T3: tuple[dict[tuple[int, int, int], sp.Expr], ...]
+    g: tuple[sp.Expr, ...]
+    Hd: tuple[sp.Expr, ...]
+    ell: sp.Expr
+
+
+def closed_form_size(model: SymbolicModel) -> tuple[int, int]:
+    """(bound on the third-derivative entries, arithmetic operations per point) of the closed
+    form for ``model`` (compared with :data:`MAX_TAYLOR_ENTRIES`, :data:`MAX_CONTRACTION_OPS`)."""
+    z = model.latents
+    entries = 0
+    for fi in model.decoder:
+        k = sum(1 for s in fi.free_symbols if s in z)
+        entries += k * (k + 1) * (k + 2) // 6
+    return entries, model.n * model.d**3 + model.d**4
+
+
+def taylor_expressions(model: SymbolicModel) -> TaylorExpressions:
+    """The nonzero first, second and third derivatives of f and the first two of ℓ (cached in
+    ``model.meta``); raises :class:`PredictionSkipped` beyond the size limits."""
+    cache = model.meta.get("_taylor")
+    if isinstance(cache, TaylorExpressions):
+        return cache
+    if isinstance(cache, PredictionSkipped):
+        raise cache
+    entries, ops = closed_form_size(model)
+    if entries > MAX_TAYLOR_ENTRIES or ops > MAX_CONTRACTION_OPS:
+        exc = PredictionSkipped(
+            f"n = {model.n}, d = {model.d}: the closed-form prediction would need up to {entries} third derivatives "
+            f"(limit {MAX_TAYLOR_ENTRIES}) and {ops:.3g} operations per point (limit {MAX_CONTRACTION_OPS:.3g})")
+        model.meta["_taylor"] = exc
+        raise exc
+    z, d = model.latents, model.d
+    J, T2, T3 = [], [], []
+    for fi in model.decoder:
+        Ji: dict[int, sp.Expr] = {}
+        T2i: dict[tuple[int, int], sp.Expr] = {}
+        T3i: dict[tuple[int, int, int], sp.Expr] = {}
+        fs = fi.free_symbols
+        for a in range(d):
+            if z[a] not in fs:
+                continue
+            d1 = sp.diff(fi, z[a])
+            if d1 == 0:
+                continue
+            Ji[a] = d1
+            fs1 = d1.free_symbols
+            for b in range(a, d):
+                if z[b] not in fs1:
+                    continue
+                d2 = sp.diff(d1, z[b])
+                if d2 == 0:
+                    continue
+                T2i[(a, b)] = d2
+                fs2 = d2.free_symbols
+                for c in range(b, d):
+                    if z[c] not in fs2:
+                        continue
+                    d3 = sp.diff(d2, z[c])
+                    if d3 != 0:
+                        T3i[(a, b, c)] = d3
+        J.append(Ji)
+        T2.append(T2i)
+        T3.append(T3i)
+    ell = model.log_prior()
+    g = tuple(sp.diff(ell, z[a]) for a in range(d))
+    Hd = tuple(sp.diff(g[a], z[a]) for a in range(d))
+    out = TaylorExpressions(model.n, d, tuple(J), tuple(T2), tuple(T3), g, Hd, ell)
+    model.meta["_taylor"] = out
+    return out
+
+
+def _exact_point(point: Sequence[Any]) -> list[sp.Expr]:
+    """Point entries as exact sympy numbers (floats via their shortest repr; see :func:`expand_at`)."""
+    from .spec import exact_number
+
+    pt: list[sp.Expr] = []
+    for p in point:
+        if isinstance(p, sp.Float):
+            pt.append(exact_number(float(p)))
+        elif isinstance(p, sp.Basic):
+            pt.append(p)
+        elif isinstance(p, numbers.Integral):
+            pt.append(sp.Integer(int(p)))
+        elif isinstance(p, numbers.Real):
+            pt.append(exact_number(float(p)))
+        else:
+            pt.append(exact_number(p))
+    return pt
+
+
+def _inverse(M: list[list[Any]]) -> tuple[list[list[Any]], Any]:
+    """(M⁻¹, det M) by Gauss–Jordan elimination with partial pivoting, in the entries' own
+    arithmetic (exact for Fractions)."""
+    d = len(M)
+    A = [list(row) + [1 if i == j else 0 for j in range(d)] for i, row in enumerate(M)]
+    det: Any = 1
+    for col in range(d):
+        piv = max(range(col, d), key=lambda r: abs(A[r][col]))
+        if not A[piv][col]:
+            return [], 0
+        if piv != col:
+            A[col], A[piv] = A[piv], A[col]
+            det = -det
+        p = A[col][col]
+        det = det * p
+        row = [x / p for x in A[col]]
+        A[col] = row
+        for r in range(d):
+            if r != col:
+                f = A[r][col]
+                if f:
+                    Ar = A[r]
+                    A[r] = [x - f * y for x, y in zip(Ar, row)]
+    return [row[d:] for row in A], det
+
+
+def expand_at_floats(model: SymbolicModel, point: Sequence[Any], log_normalizer: float = 0.0,
+                     checked: bool = False) -> dict[str, Any]:
+    """``expand_at(model, point, log_normalizer).as_floats()`` computed in closed form (see the
+    comment above): the same coefficients (docs/theory.md C7–C11, C14, C16), at a cost
+    polynomial in n and d, evaluated in exact rational arithmetic (all Taylor coefficients
+    rational, d ≤ :data:`EXACT_ARITHMETIC_MAX_D`) or in :data:`CLOSED_FORM_DPS`-digit mpmath
+    arithmetic, and rounded to float64 at the end.
+
+    ``checked``: the point was already checked (:func:`theory.spec.check_points`, as every
+    point of a loaded spec is).  Raises :class:`PredictionSkipped` beyond the size limits."""
+    from fractions import Fraction
+
+    pt = _exact_point(point)
+    if len(pt) != model.d:
+        raise SpecError(f"dimension mismatch: point has {len(pt)} coordinates, model has d = {model.d}")
+    tx = taylor_expressions(model)
+    subs = dict(zip(model.latents, pt)) if checked else point_subs(model, pt)
+    n, d = tx.n, tx.d
+    with mpmath.workdps(CLOSED_FORM_DPS):
+        memo: dict = {}
+        raw_J = [{a: e.xreplace(subs) for a, e in Ji.items()} for Ji in tx.J]
+        raw_T2 = [{k: e.xreplace(subs) for k, e in T2i.items()} for T2i in tx.T2]
+        raw_T3 = [{k: e.xreplace(subs) for k, e in T3i.items()} for T3i in tx.T3]
+        raw_g = [e.xreplace(subs) for e in tx.g]
+        raw_H = [e.xreplace(subs) for e in tx.Hd]
+        every = [v for Ji in raw_J for v in Ji.values()] + [v for T in raw_T2 for v in T.values()] + \
+            [v for T in raw_T3 for v in T.values()] + raw_g + raw_H
+        exact = d <= EXACT_ARITHMETIC_MAX_D and all(v.is_Rational for v in every)
+
+        def num(v: sp.Expr) -> Any:
+            if exact:
+                return Fraction(int(v.p), int(v.q))
+            if v.is_Rational:
+                return mpmath.mpf(int(v.p)) / int(v.q)
+            if v.free_symbols:
+                raise ValueError(f"{model.name}: a derivative is not numeric at z0 = {tuple(pt)}: {v}")
+            out = _mp_eval(v, memo, CLOSED_FORM_DPS)
+            if isinstance(out, mpmath.mpc):
+                if abs(out.imag) > mpmath.mpf(10) ** (-CLOSED_FORM_DPS // 2) * max(1, abs(out.real)):
+                    raise ValueError(f"{model.name}: a derivative is not real at z0 = {tuple(pt)}: {out}")
+                out = out.real
+            return out
+
+        zero: Any = Fraction(0) if exact else mpmath.mpf(0)
+        J = [[zero] * d for _ in range(n)]
+        for i, Ji in enumerate(raw_J):
+            for a, v in Ji.items():
+                J[i][a] = num(v)
+        T2 = []
+        for T2i in raw_T2:
+            A = [[zero] * d for _ in range(d)]
+            for (a, b), v in T2i.items():
+                x = num(v)
+                A[a][b] = A[b][a] = x
+            T2.append(A)
+        T3 = [{k: num(v) for k, v in T3i.items() if v != 0} for T3i in raw_T3]
+        g = [num(v) for v in raw_g]
+        Hd = [num(v) for v in raw_H]
+        res = _closed_form(n, d, J, T2, T3, g, Hd, zero)
+        if res is None:
+            raise ValueError(f"{model.name}: J(z0) is rank-deficient at z0 = {tuple(pt)}; the expansion needs full column rank")
+
+        def mp(x: Any) -> Any:
+            return mpmath.mpf(x.numerator) / x.denominator if isinstance(x, Fraction) else x
+
+        def fl(x: Any) -> float:
+            return float(mp(x))
+
+        ell0 = numeric(tx.ell.xreplace(subs), CLOSED_FORM_DPS) - mpmath.mpf(log_normalizer)
+        Mdiag, detM = res["Mdiag"], res["detM"]
+        log_det = mpmath.log(mp(detM))
+        log_px0 = ell0 - log_det / 2
+        elbo0 = ell0 - mpmath.fsum(mpmath.log(mp(m)) for m in Mdiag) / 2
+        ratio = Fraction(1) if exact else mpmath.mpf(1)
+        for m in Mdiag:
+            ratio = ratio * m
+        ratio = ratio / detM
+        c_ima = mpmath.log(mp(ratio)) / 2
+        normalized = all(p.normalized for p in model.priors) or log_normalizer != 0
+        return {
+            "gap": [float(c_ima), fl(res["a1"])],
+            "mu_star": [[float(numeric(p, CLOSED_FORM_DPS)) for p in pt], [fl(x) for x in res["m1"]]],
+            "s_star": [[fl(x) for x in res["t1"]], [fl(x) for x in res["s2"]]],
+            "log_px": [float(log_px0), fl(res["c1"])],
+            "elbo_star": [float(elbo0), fl(res["E1_star"])],
+            "full_cov_gap": [0.0, fl(res["full_cov_a1"])],
+            "refined_s2": [fl(x) for x in res["refined_s2"]],
+            "normalized": bool(normalized),
+        }
+
+
+def _closed_form(n: int, d: int, J: list[list[Any]], T2: list[list[list[Any]]],
+                 T3: list[dict[tuple[int, int, int], Any]], g: list[Any], Hd: list[Any], zero: Any) -> dict[str, Any] | None:
+    """The ε-coefficients from the Taylor coefficients at z0 (formulas in the comment above);
+    None when M = JᵀJ is singular.  Entries are Fractions or mpmath numbers; ``zero`` is the
+    zero of that arithmetic (so that no int / int division ever makes a float)."""
+    R = range(d)
+    M = [[sum((J[i][a] * J[i][b] for i in range(n) if J[i][a] and J[i][b]), zero) for b in R] for a in R]
+    Sig, detM = _inverse(M)
+    if not detM:
+        return None
+    Mdiag = [M[k][k] for k in R]
+    t1 = [1 / m for m in Mdiag]
+
+    def matvec(A: list[list[Any]], x: list[Any]) -> list[Any]:
+        return [sum((A[a][b] * x[b] for b in R if A[a][b] and x[b]), zero) for a in R]
+
+    def dot(x: list[Any], y: list[Any]) -> Any:
+        return sum((p * q for p, q in zip(x, y) if p and q), zero)
+
+    nz2 = [[(a, b, A[a][b]) for a in R for b in R if A[a][b]] for A in T2]  # both triangles
+    W = [matvec(Sig, J[i]) for i in range(n)]  # w_i = Σ J_iᵀ
+    tau = [sum((Sig[b][a] * x for a, b, x in nz2[i]), zero) for i in range(n)]  # tr(T2_i Σ)
+    v = matvec(Sig, g)
+    # C_i = Σ T2_i (only for outputs with curvature), tr(C_i C_i)
+    C: list[list[list[Any]] | None] = []
+    trCC = []
+    for i in range(n):
+        if not nz2[i]:
+            C.append(None)
+            trCC.append(zero)
+            continue
+        Ci = [[zero] * d for _ in R]
+        for b, c, x in nz2[i]:
+            for a in R:
+                s = Sig[a][b]
+                if s:
+                    Ci[a][c] = Ci[a][c] + s * x
+        C.append(Ci)
+        trCC.append(sum((Ci[a][c] * Ci[c][a] for a in R for c in R if Ci[a][c] and Ci[c][a]), zero))
+    # A_a = Σ_i J_ia C_i;  S1 = Σ_ij P_ij tr(C_i C_j) = Σ_ab Σ_ab tr(A_a A_b)
+    Aa = []
+    for a in R:
+        A = [[zero] * d for _ in R]
+        for i in range(n):
+            Ci = C[i]
+            if Ci is None or not J[i][a]:
+                continue
+            j = J[i][a]
+            for x in R:
+                row, Ax = Ci[x], A[x]
+                for y in R:
+                    if row[y]:
+                        Ax[y] = Ax[y] + j * row[y]
+        Aa.append(A)
+    S1 = zero
+    for a in R:
+        for b in R:
+            s = Sig[a][b]
+            if s:
+                Ab = Aa[b]
+                Aa_ = Aa[a]
+                tr = sum((Aa_[x][y] * Ab[y][x] for x in R for y in R if Aa_[x][y] and Ab[y][x]), zero)
+                if tr:
+                    S1 = S1 + s * tr
+    # U[a][c][e] = Σ_i w_ia T2_i[c][e];  S2 = Σ_ij (T2_j w_i)ᵀ Σ (T2_i w_j) = Σ_abce U[a][c][e] U[e][b][a] Σ_bc
+    U = [[[zero] * d for _ in R] for _ in R]
+    for i in range(n):
+        if not nz2[i]:
+            continue
+        wi = W[i]
+        for c, e, x in nz2[i]:
+            for a in R:
+                if wi[a]:
+                    U[a][c][e] = U[a][c][e] + wi[a] * x
+    S2 = zero
+    for a in R:
+        for e in R:
+            Uae = [U[a][c][e] for c in R]
+            if not any(Uae):
+                continue
+            # V_b = Σ_c U[a][c][e] Σ_cb
+            for b in R:
+                u = U[e][b][a]
+                if u:
+                    Vb = sum((Uae[c] * Sig[c][b] for c in R if Uae[c] and Sig[c][b]), zero)
+                    if Vb:
+                        S2 = S2 + Vb * u
+    r = [sum((U[a][b][a] for a in R if U[a][b][a]), zero) for b in R]  # Σ_i T2_i w_i
+    y = [sum((tau[i] * W[i][a] for i in range(n) if tau[i] and W[i][a]), zero) for a in R]  # Σ_j τ_j w_j
+    wTy = sum((U[a][a][b] * y[b] for a in R for b in R if U[a][a][b] and y[b]), zero)  # Σ_i w_iᵀ T2_i y
+    Jt_tau = [sum((J[i][a] * tau[i] for i in range(n) if J[i][a] and tau[i]), zero) for a in R]  # Jᵀτ
+    Q6 = dot(Jt_tau, matvec(Sig, Jt_tau)) + 2 * S1 + 4 * wTy + 4 * dot(r, matvec(Sig, r)) + 4 * S2
+    EX1sq = dot(g, v) - (dot(v, Jt_tau) + 2 * dot(v, r)) + Q6 / 4
+
+    def t3_contract(i: int, w: list[Any], S: list[list[Any]]) -> Any:
+        """T3_i[w, S] = Σ_abc T3_iabc w_a S_bc over the sorted nonzero entries."""
+        tot = zero
+        for (a, b, c), x in T3[i].items():
+            s = zero
+            for p, q, u in set(itertools.permutations((a, b, c))):
+                if w[p] and S[q][u]:
+                    s = s + w[p] * S[q][u]
+            if s:
+                tot = tot + x * s
+        return tot
+
+    T3w = sum((t3_contract(i, W[i], Sig) for i in range(n) if T3[i]), zero)
+    trHS = sum((Hd[a] * Sig[a][a] for a in R if Hd[a] and Sig[a][a]), zero)
+    EX2 = trHS / 2 - sum((tau[i] * tau[i] + 2 * trCC[i] for i in range(n)), zero) / 8 - T3w / 2
+    c1 = EX2 + EX1sq / 2
+
+    # full covariance: b(Σ) = g − ½ Jᵀτ − r
+    bF = [g[a] - Jt_tau[a] / 2 - r[a] for a in R]
+    full_cov_a1 = EX1sq / 2 - dot(bF, matvec(Sig, bF)) / 2
+
+    # mean field, S = diag(t1)
+    def t3(i: int, a: int, b: int, c: int) -> Any:
+        return T3[i].get(tuple(sorted((a, b, c))), zero)
+
+    tT = [sum((T2[i][k][k] * t1[k] for k in R if T2[i][k][k]), zero) for i in range(n)]
+    trTT = [sum((x * x * t1[a] * t1[b] for a, b, x in nz2[i]), zero) for i in range(n)]
+    T3mf = zero
+    for i in range(n):
+        if not T3[i]:
+            continue
+        for b in R:
+            if not J[i][b]:
+                continue
+            for c in R:
+                x = t3(i, b, c, c)
+                if x:
+                    T3mf = T3mf + J[i][b] * t1[b] * t1[c] * x
+    kappa = sum((Hd[k] * t1[k] for k in R if Hd[k]), zero) / 2 - \
+        sum((tT[i] * tT[i] + 2 * trTT[i] for i in range(n)), zero) / 8 - T3mf / 2
+    bT = []
+    for a in R:
+        s = g[a]
+        for i in range(n):
+            if tT[i] and J[i][a]:
+                s = s - tT[i] * J[i][a] / 2
+            for k in R:
+                if T2[i][a][k] and J[i][k]:
+                    s = s - T2[i][a][k] * t1[k] * J[i][k]
+        bT.append(s)
+    m1 = matvec(Sig, bT)
+    E1_star = kappa + dot(bT, m1) / 2
+    a1 = c1 - E1_star
+    Jm1 = [dot(J[i], m1) for i in range(n)]
+    T2m1 = [matvec(T2[i], m1) if nz2[i] else [zero] * d for i in range(n)]
+    s2 = []
+    for k in R:
+        dE = Hd[k] / 2
+        for i in range(n):
+            A = T2[i]
+            if A[k][k]:
+                dE = dE - tT[i] * A[k][k] / 4 - Jm1[i] * A[k][k] / 2
+            if nz2[i]:
+                dE = dE - sum((A[k][b] * A[k][b] * t1[b] for b in R if A[k][b]), zero) / 2
+            if J[i][k] and T2m1[i][k]:
+                dE = dE - J[i][k] * T2m1[i][k]
+            if T3[i]:
+                if J[i][k]:
+                    dE = dE - J[i][k] * sum((t3(i, k, c, c) * t1[c] for c in R), zero) / 2
+                dE = dE - sum((J[i][b] * t1[b] * t3(i, b, k, k) for b in R if J[i][b]), zero) / 2
+        s2.append(2 * dE / (Mdiag[k] * Mdiag[k]))
+    refined = [Hd[k] / (Mdiag[k] * Mdiag[k]) for k in R]
+    return {"Mdiag": Mdiag, "detM": detM, "t1": t1, "m1": m1, "s2": s2, "c1": c1, "E1_star": E1_star, "a1": a1,
+            "full_cov_a1": full_cov_a1, "refined_s2": refined}

@@ -764,9 +764,8 @@ def prediction_functions(model: SymbolicModel, modules: str = "numpy", log_norma
 # like n²d⁶ (c1 holds products of two T2's, two J's and three Σ's), so deriving them is only
 # feasible for small (n, d).  Their Gaussian expectations are sums over Wick pairings, which
 # the functions below write as tensor contractions and evaluate directly at the numbers of a
-# given model and point (docs/derivations_method.md, "closed form"); every quantity is the same
-# polynomial in J, T2, T3, g, H and Σ = M⁻¹ as the derived one, which
-# tests/theory/test_closed_form.py checks against the derivation for generic models.
+# given model and point; every quantity is the same polynomial in J, T2, T3, g, H and Σ = M⁻¹ as
+# the derived one, which tests/theory/test_closed_form.py checks against the derivation.
 #
 # Notation as in the module docstring; rows J_i of J, w_i = ΣJ_iᵀ, P = JΣJᵀ, τ_i = tr(T2_i Σ),
 # C_i = Σ T2_i, v = Σg, T3_i[w, S] = Σ_abc w_a T3_iabc S_bc.
@@ -787,20 +786,23 @@ def prediction_functions(model: SymbolicModel, modules: str = "numpy", log_norma
 # τ_k = 2 ∂_{t_k}E1(μ1, t1) / M_kk² (from ∂²E0/∂t_k² = −M_kk²/2).  Full covariance (C14): S = Σ
 # gives κ(Σ) = E[X2], so full_cov_a1 = ½ E[X1²] − ½ b(Σ)ᵀΣ b(Σ).
 #
-# Cost: O(n d³ + d⁴) arithmetic operations plus one term per nonzero Taylor coefficient.
+# The Taylor coefficients J, T2, T3 of f and g, H of ℓ at z0 come from third-order jets of the
+# expression trees (forward-mode differentiation, _JetEvaluator), so no derivative is formed
+# symbolically.  Cost: O(n d³ + d⁴) arithmetic operations for the contractions plus, for the
+# jets, O(k³) per node of the trees that depends on k latents.
 
 
-#: Decoders whose third-derivative tensor may have more entries than this (Σ_i C(k_i + 2, 3),
-#: k_i the number of latents output i uses) get no closed-form prediction: differentiating
-#: them symbolically would take minutes (sympy needs ~0.1–1 ms per derivative).
-MAX_TAYLOR_ENTRIES = 200_000
-#: Largest arithmetic cost (n d³ + d⁴ multiply-adds at 60 digits, ~3 µs each) of one point.
+#: Work limit of the third-order jets of one point (dictionary entries formed while the decoder
+#: and the prior are evaluated; ~3 µs each at 60 digits): beyond it the prediction is skipped.
+MAX_JET_WORK = 4_000_000
+#: Largest arithmetic cost of the contractions of one point, n d³ + d⁴ (~3 µs each at 60 digits).
 MAX_CONTRACTION_OPS = 10_000_000
 #: Working precision (decimal digits) of the closed-form evaluation.
 CLOSED_FORM_DPS = 60
-#: Up to this d the closed form is evaluated in exact rational arithmetic when every Taylor
-#: coefficient at the point is rational (polynomial decoders, Gaussian and Student-t priors at
-#: rational points), so exact zeros stay exact.
+#: Up to this d, Taylor coefficients that are rational (polynomial decoders, rational prior
+#: derivatives, rational points) are kept as exact fractions through the contractions, so that
+#: coefficients that vanish come out as exact zeros; beyond it every number is a 60-digit float
+#: (exact fractions of 30 x 30 systems grow to hundreds of digits).
 EXACT_ARITHMETIC_MAX_D = 6
 
 
@@ -808,86 +810,212 @@ class PredictionSkipped(ValueError):
     """The closed-form prediction is refused for its size; ``str(exc)`` says why."""
 
 
-@dataclass(frozen=True)
-class TaylorExpressions:
-    """The derivatives of a model as sympy expressions in the latents, nonzero entries only:
-    J[i][a] = ∂_a f_i, T2[i][(a, b)] (a ≤ b), T3[i][(a, b, c)] (a ≤ b ≤ c), g[a] = ∂_a ℓ,
-    Hd[a] = ∂²_a ℓ (the prior is factorized, so ∇²ℓ is diagonal), ell = ℓ."""
-
-    n: int
-    d: int
-    J: tuple[dict[int, sp.Expr], ...]
-    T2: tuple[dict[tuple[int, int], sp.Expr], ...]
-    T3: tuple[dict[tuple[int, int, int], sp.Expr], ...]
-    g: tuple[sp.Expr, ...]
-    Hd: tuple[sp.Expr, ...]
-    ell: sp.Expr
+# A third-order jet of a function of z at z0: (value, gradient, Hessian, third derivatives) with
+# the derivatives as dicts over sorted index tuples (a), (a, b), (a, b, c), a <= b <= c, holding
+# only the latents the function depends on.  Numbers are Fractions (exact) or mpmath floats.
+Jet = tuple  # (v, g: dict[int, x], h: dict[tuple[int, int], x], t: dict[tuple[int, int, int], x])
 
 
-def closed_form_size(model: SymbolicModel) -> tuple[int, int]:
-    """(bound on the third-derivative entries, arithmetic operations per point) of the closed
-    form for ``model`` (compared with :data:`MAX_TAYLOR_ENTRIES`, :data:`MAX_CONTRACTION_OPS`)."""
-    z = model.latents
-    entries = 0
-    for fi in model.decoder:
-        k = sum(1 for s in fi.free_symbols if s in z)
-        entries += k * (k + 1) * (k + 2) // 6
-    return entries, model.n * model.d**3 + model.d**4
+class _JetBudget(Exception):
+    pass
 
 
-def taylor_expressions(model: SymbolicModel) -> TaylorExpressions:
-    """The nonzero first, second and third derivatives of f and the first two of ℓ (cached in
-    ``model.meta``); raises :class:`PredictionSkipped` beyond the size limits."""
-    cache = model.meta.get("_taylor")
-    if isinstance(cache, TaylorExpressions):
-        return cache
-    if isinstance(cache, PredictionSkipped):
-        raise cache
-    entries, ops = closed_form_size(model)
-    if entries > MAX_TAYLOR_ENTRIES or ops > MAX_CONTRACTION_OPS:
-        exc = PredictionSkipped(
-            f"n = {model.n}, d = {model.d}: the closed-form prediction would need up to {entries} third derivatives "
-            f"(limit {MAX_TAYLOR_ENTRIES}) and {ops:.3g} operations per point (limit {MAX_CONTRACTION_OPS:.3g})")
-        model.meta["_taylor"] = exc
-        raise exc
-    z, d = model.latents, model.d
-    J, T2, T3 = [], [], []
-    for fi in model.decoder:
-        Ji: dict[int, sp.Expr] = {}
-        T2i: dict[tuple[int, int], sp.Expr] = {}
-        T3i: dict[tuple[int, int, int], sp.Expr] = {}
-        fs = fi.free_symbols
-        for a in range(d):
-            if z[a] not in fs:
-                continue
-            d1 = sp.diff(fi, z[a])
-            if d1 == 0:
-                continue
-            Ji[a] = d1
-            fs1 = d1.free_symbols
-            for b in range(a, d):
-                if z[b] not in fs1:
-                    continue
-                d2 = sp.diff(d1, z[b])
-                if d2 == 0:
-                    continue
-                T2i[(a, b)] = d2
-                fs2 = d2.free_symbols
-                for c in range(b, d):
-                    if z[c] not in fs2:
-                        continue
-                    d3 = sp.diff(d2, z[c])
-                    if d3 != 0:
-                        T3i[(a, b, c)] = d3
-        J.append(Ji)
-        T2.append(T2i)
-        T3.append(T3i)
-    ell = model.log_prior()
-    g = tuple(sp.diff(ell, z[a]) for a in range(d))
-    Hd = tuple(sp.diff(g[a], z[a]) for a in range(d))
-    out = TaylorExpressions(model.n, d, tuple(J), tuple(T2), tuple(T3), g, Hd, ell)
-    model.meta["_taylor"] = out
-    return out
+class _JetEvaluator:
+    """Evaluates sympy trees of the latents as third-order jets at z0 (forward-mode automatic
+    differentiation to order 3: sums, Leibniz's rule for products, Faà di Bruno's formula for
+    functions of one argument, whose first three derivatives come from sympy once per function).
+    Shared subtrees are evaluated once.  ``work`` counts the dictionary entries formed."""
+
+    def __init__(self, latents: Sequence[sp.Symbol], point: Sequence[sp.Expr], budget: int) -> None:
+        from fractions import Fraction
+
+        self.F = Fraction
+        self.index = {z: k for k, z in enumerate(latents)}
+        self.point = [self.number(sp.sympify(v)) for v in point]
+        self.memo: dict[sp.Basic, Jet] = {}
+        self.work = 0
+        self.budget = budget
+
+    def number(self, e: sp.Expr) -> Any:
+        """A constant as a Fraction (rational) or a 60-digit mpmath number."""
+        if e.is_Rational:
+            return self.F(int(e.p), int(e.q))
+        return self._real(_mp_eval(e, {}, CLOSED_FORM_DPS))
+
+    def spend(self, k: int) -> None:
+        self.work += k
+        if self.work > self.budget:
+            raise _JetBudget
+
+    def jet(self, e: sp.Basic) -> Jet:
+        hit = self.memo.get(e)
+        if hit is not None:
+            return hit
+        out = self._jet(e)
+        self.memo[e] = out
+        return out
+
+    def _jet(self, e: sp.Basic) -> Jet:
+        if e in self.index:
+            return (self.point[self.index[e]], {self.index[e]: self.F(1)}, {}, {})
+        if not e.free_symbols:
+            return (self.number(e), {}, {}, {})
+        if e.is_Add:
+            parts = [self.jet(a) for a in e.args]
+            v = parts[0][0]
+            for p in parts[1:]:
+                v = v + p[0]
+            g: dict = {}
+            h: dict = {}
+            t: dict = {}
+            for _, pg, ph, pt in parts:
+                self.spend(len(pg) + len(ph) + len(pt))
+                for dst, src in ((g, pg), (h, ph), (t, pt)):
+                    for key, x in src.items():
+                        dst[key] = dst[key] + x if key in dst else x
+            return (v, g, h, t)
+        if e.is_Mul:
+            parts = [self.jet(a) for a in e.args]
+            acc = parts[0]
+            for p in parts[1:]:
+                acc = self._mul(acc, p)
+            return acc
+        if e.is_Pow:
+            base, ex = e.args
+            if not ex.free_symbols:
+                u = self.jet(base)
+                if ex.is_Integer:
+                    n = int(ex)
+                    if n == 2:
+                        return self._mul(u, u)
+                    x = u[0]
+                    c = [n, n * (n - 1), n * (n - 1) * (n - 2)]
+                    ders = [x**n] + [(c[k] * x ** (n - k - 1)) if c[k] else self.F(0) for k in range(3)]
+                    return self._compose(u, ders)
+                pe = self.number(ex)
+                x = self._mp(u[0])
+                ders = [x**pe, pe * x ** (pe - 1), pe * (pe - 1) * x ** (pe - 2), pe * (pe - 1) * (pe - 2) * x ** (pe - 3)]
+                return self._compose(u, [self._real(v) for v in ders])
+            return self.jet(sp.exp(ex * sp.log(base), evaluate=False))  # b**w = exp(w log b)
+        if len(e.args) == 1:
+            u = self.jet(e.args[0])
+            return self._compose(u, self._function_derivatives(type(e), u[0]))
+        raise ValueError(f"cannot differentiate {type(e).__name__} ({sp.sstr(e)[:60]})")
+
+    def _mp(self, x: Any) -> Any:
+        return mpmath.mpf(x.numerator) / x.denominator if isinstance(x, self.F) else x
+
+    @staticmethod
+    def _real(v: Any) -> Any:
+        if isinstance(v, mpmath.mpc):
+            if abs(v.imag) > mpmath.mpf(10) ** (-CLOSED_FORM_DPS // 2) * max(1, abs(v.real)):
+                raise ValueError(f"a Taylor coefficient is not real at z0 ({v})")
+            return v.real
+        return v
+
+    def _function_derivatives(self, cls: type, x: Any) -> list[Any]:
+        """[φ(x), φ'(x), φ''(x), φ'''(x)] for a function node class (exact for abs and sign,
+        which the spec checks keep off their kinks)."""
+        zero = self.F(0)
+        if cls is sp.Abs:
+            return [abs(x), self.F((x > 0) - (x < 0)), zero, zero]
+        if cls is sp.sign:
+            return [self.F((x > 0) - (x < 0)), zero, zero, zero]
+        xm = self._mp(x)
+        return [self._real(f(xm)) for f in _univariate_derivatives(cls)]
+
+    def _compose(self, u: Jet, d: list[Any]) -> Jet:
+        """φ(u) from d = [φ, φ', φ'', φ'''] at u's value (Faà di Bruno to order 3):
+        ∂_a = φ' u_a,  ∂_ab = φ' u_ab + φ'' u_a u_b,
+        ∂_abc = φ' u_abc + φ'' (u_ab u_c + u_ac u_b + u_bc u_a) + φ''' u_a u_b u_c."""
+        _, ug, uh, ut = u
+        d0, d1, d2, d3 = d
+        keys = sorted(ug)
+        k = len(keys)
+        self.spend(k * (k + 1) * (k + 2) // 6 + len(uh) * k + len(ut) + len(uh) + k + 1)
+        g = {a: d1 * x for a, x in ug.items()}
+        h = {key: d1 * x for key, x in uh.items()}
+        t = {key: d1 * x for key, x in ut.items()}
+        if d2:
+            for i, a in enumerate(keys):
+                ua = d2 * ug[a]
+                for b in keys[i:]:
+                    y = ua * ug[b]
+                    h[(a, b)] = h[(a, b)] + y if (a, b) in h else y
+            _pair_single(t, uh, ug, d2)
+        if d3:
+            for i, a in enumerate(keys):
+                ua = d3 * ug[a]
+                for j in range(i, k):
+                    b = keys[j]
+                    uab = ua * ug[b]
+                    for c in keys[j:]:
+                        key = (a, b, c)
+                        y = uab * ug[c]
+                        t[key] = t[key] + y if key in t else y
+        return (d0, g, h, t)
+
+    def _mul(self, u: Jet, w: Jet) -> Jet:
+        """u·w by Leibniz's rule: ∂ of the product over a set S of positions is the sum over the
+        subsets R of S of ∂_R u · ∂_(S−R) w."""
+        uv, ug, uh, ut = u
+        wv, wg, wh, wt = w
+        if not ug:  # u constant
+            self.spend(len(wg) + len(wh) + len(wt) + 1)
+            return (uv * wv, {key: uv * x for key, x in wg.items()}, {key: uv * x for key, x in wh.items()},
+                    {key: uv * x for key, x in wt.items()})
+        if not wg:
+            return self._mul(w, u)
+        self.spend(len(uh) * len(wg) + len(ug) * len(wh) + len(ug) * len(wg) + len(ut) + len(wt)
+                   + len(ug) + len(wg) + len(uh) + len(wh) + 1)
+        g: dict = {a: x * wv for a, x in ug.items()}
+        for a, x in wg.items():
+            y = uv * x
+            g[a] = g[a] + y if a in g else y
+        h: dict = {}
+        for src, other in ((uh, wv), (wh, uv)):
+            for key, x in src.items():
+                y = x * other
+                h[key] = h[key] + y if key in h else y
+        for a, x in ug.items():  # u_a w_b + u_b w_a: each ordered pair once, (a, a) twice
+            for b, y in wg.items():
+                key = (a, b) if a <= b else (b, a)
+                z = 2 * x * y if a == b else x * y
+                h[key] = h[key] + z if key in h else z
+        t: dict = {}
+        for src, other in ((ut, wv), (wt, uv)):
+            for key, x in src.items():
+                y = x * other
+                t[key] = t[key] + y if key in t else y
+        _pair_single(t, uh, wg, 1)
+        _pair_single(t, wh, ug, 1)
+        return (uv * wv, g, h, t)
+
+
+def _pair_single(t: dict, pairs: dict, singles: dict, factor: Any) -> None:
+    """t[sorted(a, b, c)] += m · factor · pairs[(a, b)] · singles[c], m the number of times c
+    occurs in the sorted key: the terms u_ab w_c + u_ac w_b + u_bc w_a of a third derivative."""
+    for (a, b), x in pairs.items():
+        fx = factor * x
+        for c, y in singles.items():
+            if c <= a:
+                key = (c, a, b)
+            elif c <= b:
+                key = (a, c, b)
+            else:
+                key = (a, b, c)
+            m = 1 + (a == c) + (b == c)
+            z = m * fx * y
+            t[key] = t[key] + z if key in t else z
+
+
+@lru_cache(maxsize=None)
+def _univariate_derivatives(cls: type) -> tuple[Any, ...]:
+    """mpmath functions φ, φ', φ'', φ''' of a function node class of the function table
+    (differentiated by sympy once per class)."""
+    x = sp.Symbol("x", real=True)
+    e = cls(x)
+    return tuple(lambdify([x], dk, "mpmath") for dk in [e] + [sp.diff(e, x, k) for k in (1, 2, 3)])
 
 
 def _exact_point(point: Sequence[Any]) -> list[sp.Expr]:
@@ -935,64 +1063,72 @@ def _inverse(M: list[list[Any]]) -> tuple[list[list[Any]], Any]:
     return [row[d:] for row in A], det
 
 
+def contraction_ops(n: int, d: int) -> int:
+    """Arithmetic operations of the contractions of one point (bounded by :data:`MAX_CONTRACTION_OPS`)."""
+    return n * d**3 + d**4
+
+
 def expand_at_floats(model: SymbolicModel, point: Sequence[Any], log_normalizer: float = 0.0,
                      checked: bool = False) -> dict[str, Any]:
     """``expand_at(model, point, log_normalizer).as_floats()`` computed in closed form (see the
-    comment above): the same coefficients (docs/theory.md C7–C11, C14, C16), at a cost
-    polynomial in n and d, evaluated in exact rational arithmetic (all Taylor coefficients
-    rational, d ≤ :data:`EXACT_ARITHMETIC_MAX_D`) or in :data:`CLOSED_FORM_DPS`-digit mpmath
-    arithmetic, and rounded to float64 at the end.
+    comment above): the same coefficients (docs/theory.md C7–C11, C14, C16) at a cost
+    polynomial in n and d.  The Taylor coefficients of f and ℓ at z0 come from third-order
+    forward-mode differentiation of their expression trees (no symbolic derivatives); the
+    arithmetic is exact (fractions) where they are rational and d <= :data:`EXACT_ARITHMETIC_MAX_D`,
+    else :data:`CLOSED_FORM_DPS`-digit mpmath; results are rounded to float64 at the end.
 
     ``checked``: the point was already checked (:func:`theory.spec.check_points`, as every
-    point of a loaded spec is).  Raises :class:`PredictionSkipped` beyond the size limits."""
+    point of a loaded spec is).  Raises :class:`PredictionSkipped` beyond the size limits
+    (:data:`MAX_JET_WORK`, :data:`MAX_CONTRACTION_OPS`); the refusal is remembered in
+    ``model.meta``, so later points are refused at once."""
     from fractions import Fraction
 
     pt = _exact_point(point)
     if len(pt) != model.d:
         raise SpecError(f"dimension mismatch: point has {len(pt)} coordinates, model has d = {model.d}")
-    tx = taylor_expressions(model)
-    subs = dict(zip(model.latents, pt)) if checked else point_subs(model, pt)
-    n, d = tx.n, tx.d
+    skipped = model.meta.get("_prediction_skipped")
+    if skipped:
+        raise PredictionSkipped(skipped)
+    n, d = model.n, model.d
+    ops = contraction_ops(n, d)
+    if ops > MAX_CONTRACTION_OPS:
+        reason = (f"n = {n}, d = {d}: the closed-form prediction needs ~{ops:.2g} operations per point "
+                  f"(n·d³ + d⁴; limit {MAX_CONTRACTION_OPS:.2g})")
+        model.meta["_prediction_skipped"] = reason
+        raise PredictionSkipped(reason)
+    if not checked:
+        point_subs(model, pt)  # refuses points where the model is undefined, singular or on a kink
     with mpmath.workdps(CLOSED_FORM_DPS):
-        memo: dict = {}
-        raw_J = [{a: e.xreplace(subs) for a, e in Ji.items()} for Ji in tx.J]
-        raw_T2 = [{k: e.xreplace(subs) for k, e in T2i.items()} for T2i in tx.T2]
-        raw_T3 = [{k: e.xreplace(subs) for k, e in T3i.items()} for T3i in tx.T3]
-        raw_g = [e.xreplace(subs) for e in tx.g]
-        raw_H = [e.xreplace(subs) for e in tx.Hd]
-        every = [v for Ji in raw_J for v in Ji.values()] + [v for T in raw_T2 for v in T.values()] + \
-            [v for T in raw_T3 for v in T.values()] + raw_g + raw_H
-        exact = d <= EXACT_ARITHMETIC_MAX_D and all(v.is_Rational for v in every)
+        ev = _JetEvaluator(model.latents, pt, MAX_JET_WORK)
+        try:
+            outs = [ev.jet(fi) for fi in model.decoder]
+            ell = ev.jet(model.log_prior())
+        except _JetBudget:
+            reason = (f"n = {n}, d = {d}: the Taylor coefficients of the decoder need more than {MAX_JET_WORK} "
+                      "terms per point (limit theory.expansions.MAX_JET_WORK)")
+            model.meta["_prediction_skipped"] = reason
+            raise PredictionSkipped(reason) from None
+        ev.memo.clear()
+        exact = d <= EXACT_ARITHMETIC_MAX_D and all(
+            isinstance(x, Fraction) for jet in [*outs, ell] for part in jet[1:] for x in part.values())
 
-        def num(v: sp.Expr) -> Any:
-            if exact:
-                return Fraction(int(v.p), int(v.q))
-            if v.is_Rational:
-                return mpmath.mpf(int(v.p)) / int(v.q)
-            if v.free_symbols:
-                raise ValueError(f"{model.name}: a derivative is not numeric at z0 = {tuple(pt)}: {v}")
-            out = _mp_eval(v, memo, CLOSED_FORM_DPS)
-            if isinstance(out, mpmath.mpc):
-                if abs(out.imag) > mpmath.mpf(10) ** (-CLOSED_FORM_DPS // 2) * max(1, abs(out.real)):
-                    raise ValueError(f"{model.name}: a derivative is not real at z0 = {tuple(pt)}: {out}")
-                out = out.real
-            return out
+        def num(x: Any) -> Any:
+            return x if exact or not isinstance(x, Fraction) else mpmath.mpf(x.numerator) / x.denominator
 
         zero: Any = Fraction(0) if exact else mpmath.mpf(0)
         J = [[zero] * d for _ in range(n)]
-        for i, Ji in enumerate(raw_J):
-            for a, v in Ji.items():
-                J[i][a] = num(v)
         T2 = []
-        for T2i in raw_T2:
+        T3 = []
+        for i, (_, g_, h_, t_) in enumerate(outs):
+            for a, x in g_.items():
+                J[i][a] = num(x)
             A = [[zero] * d for _ in range(d)]
-            for (a, b), v in T2i.items():
-                x = num(v)
-                A[a][b] = A[b][a] = x
+            for (a, b), x in h_.items():
+                A[a][b] = A[b][a] = num(x)
             T2.append(A)
-        T3 = [{k: num(v) for k, v in T3i.items() if v != 0} for T3i in raw_T3]
-        g = [num(v) for v in raw_g]
-        Hd = [num(v) for v in raw_H]
+            T3.append({key: num(x) for key, x in t_.items() if x})
+        g = [num(ell[1].get(a, zero)) for a in range(d)]
+        Hd = [num(ell[2].get((a, a), zero)) for a in range(d)]
         res = _closed_form(n, d, J, T2, T3, g, Hd, zero)
         if res is None:
             raise ValueError(f"{model.name}: J(z0) is rank-deficient at z0 = {tuple(pt)}; the expansion needs full column rank")
@@ -1003,20 +1139,18 @@ def expand_at_floats(model: SymbolicModel, point: Sequence[Any], log_normalizer:
         def fl(x: Any) -> float:
             return float(mp(x))
 
-        ell0 = numeric(tx.ell.xreplace(subs), CLOSED_FORM_DPS) - mpmath.mpf(log_normalizer)
+        ell0 = mp(ell[0]) - mpmath.mpf(log_normalizer)
         Mdiag, detM = res["Mdiag"], res["detM"]
-        log_det = mpmath.log(mp(detM))
-        log_px0 = ell0 - log_det / 2
+        log_px0 = ell0 - mpmath.log(mp(detM)) / 2
         elbo0 = ell0 - mpmath.fsum(mpmath.log(mp(m)) for m in Mdiag) / 2
-        ratio = Fraction(1) if exact else mpmath.mpf(1)
+        ratio: Any = Fraction(1) if exact else mpmath.mpf(1)
         for m in Mdiag:
             ratio = ratio * m
-        ratio = ratio / detM
-        c_ima = mpmath.log(mp(ratio)) / 2
+        c_ima = mpmath.log(mp(ratio / detM)) / 2
         normalized = all(p.normalized for p in model.priors) or log_normalizer != 0
         return {
             "gap": [float(c_ima), fl(res["a1"])],
-            "mu_star": [[float(numeric(p, CLOSED_FORM_DPS)) for p in pt], [fl(x) for x in res["m1"]]],
+            "mu_star": [[fl(ev.point[k]) for k in range(d)], [fl(x) for x in res["m1"]]],
             "s_star": [[fl(x) for x in res["t1"]], [fl(x) for x in res["s2"]]],
             "log_px": [float(log_px0), fl(res["c1"])],
             "elbo_star": [float(elbo0), fl(res["E1_star"])],

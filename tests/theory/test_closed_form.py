@@ -169,17 +169,26 @@ def test_rotated_blocks_sum_of_blocks(d: int) -> None:
         assert_same(E.expand_at_floats(block, point[:2]), E.expand_at(block, point[:2]).as_floats())
 
 
-def test_prediction_skipped_beyond_the_size_limit() -> None:
-    """A decoder whose third-derivative tensor could exceed MAX_TAYLOR_ENTRIES is refused at
-    once, with the reason (no symbolic differentiation is started)."""
-    d = 30
-    dec = [" + ".join(f"{(i + k) % 5 + 1}*z{k}**2" for k in range(1, d + 1)) + f" + z{i % d + 1}" for i in range(60)]
-    m = loads_spec('decoder = [' + ", ".join(f'"{e}"' for e in dec) + ']\n')
-    entries, _ = E.closed_form_size(m)
-    assert entries == 60 * 4960 > E.MAX_TAYLOR_ENTRIES
+def test_prediction_skipped_beyond_the_size_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_JET_WORK (terms of the Taylor jets) or MAX_CONTRACTION_OPS the prediction is
+    refused with the reason, after at most that much work, and the refusal is remembered for
+    the model's later points.  (The real limits need tens of seconds of work to reach; they
+    are lowered here, the code path is the same.)"""
+    d = 10
+    dec = [f"z{i + 1} + 0.2*tanh(" + " + ".join(f"{((3 * i + 7 * j) % 11 - 5) / 10}*z{j + 1}" for j in range(d)) + ")"
+           for i in range(d)]
+    text = 'decoder = [' + ", ".join(f'"{e}"' for e in dec) + ']\n'
+    point = [0.1 * k - 0.4 for k in range(d)]
+    assert E.expand_at_floats(loads_spec(text), point)["gap"][0] > 0  # within the real limits
+    monkeypatch.setattr(E, "MAX_JET_WORK", 5_000)
+    m = loads_spec(text)
     t0 = time.perf_counter()
-    with pytest.raises(E.PredictionSkipped, match="third derivatives"):
-        E.expand_at_floats(m, [0.1] * d)
-    assert time.perf_counter() - t0 < 1
-    with pytest.raises(E.PredictionSkipped):  # the refusal is cached with the model
-        E.taylor_expressions(m)
+    with pytest.raises(E.PredictionSkipped, match="more than 5000 terms"):
+        E.expand_at_floats(m, point)
+    assert time.perf_counter() - t0 < 2
+    monkeypatch.setattr(E, "MAX_JET_WORK", 10**9)
+    with pytest.raises(E.PredictionSkipped, match="more than 5000 terms"):  # remembered
+        E.expand_at_floats(m, point)
+    monkeypatch.setattr(E, "MAX_CONTRACTION_OPS", 10_000)
+    with pytest.raises(E.PredictionSkipped, match="n = 10, d = 10: .*operations per point"):
+        E.expand_at_floats(loads_spec(text), point)

@@ -1102,7 +1102,9 @@ def expand_at_floats(model: SymbolicModel, point: Sequence[Any], log_normalizer:
         ev = _JetEvaluator(model.latents, pt, MAX_JET_WORK)
         try:
             outs = [ev.jet(fi) for fi in model.decoder]
-            ell = ev.jet(model.log_prior())
+            if "_log_prior" not in model.meta:
+                model.meta["_log_prior"] = model.log_prior()
+            ell = ev.jet(model.meta["_log_prior"])
         except _JetBudget:
             reason = (f"n = {n}, d = {d}: the Taylor coefficients of the decoder need more than {MAX_JET_WORK} "
                       "terms per point (limit theory.expansions.MAX_JET_WORK)")

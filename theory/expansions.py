@@ -162,8 +162,34 @@ def _taylor_series(
     return [P1, P2, P3]
 
 
-@lru_cache(maxsize=16)
+#: Largest n²·d⁶ (the growth of the generic formulas' c1) that :func:`generic_formulas` derives:
+#: measured (CPU, 2-core development machine) (4, 4) 9 s, (5, 4) 13 s, i.e. ~1.3e-4 s per unit,
+#: so the limit is a few minutes ((6, 6) = 1.7e6 is allowed, d = 7 with n = 7 is not).
+MAX_GENERIC_SIZE = 2_000_000
+
+
+class DerivationTooLarge(SpecError):
+    """The symbolic derivation of the generic formulas is refused for its size (it would take
+    hours); the closed form (:func:`expand_at_floats`) gives the same numbers at any size."""
+
+
 def generic_formulas(n: int, d: int) -> GenericFormulas:
+    """The generic ε-expansion for an (n, d) decoder (see :func:`_generic_formulas`); refuses
+    with :class:`DerivationTooLarge` when n²·d⁶ exceeds :data:`MAX_GENERIC_SIZE`."""
+    size = n * n * d**6
+    if size > MAX_GENERIC_SIZE:
+        raise DerivationTooLarge(
+            f"the symbolic derivation for n = {n}, d = {d} would take hours (n²·d⁶ = {size:.3g}, limit "
+            f"{MAX_GENERIC_SIZE:.3g}, a few minutes); `gapcheck evaluate` gives the same coefficients at any d "
+            "(closed form: theory.expansions.expand_at_floats)")
+    return _generic_formulas(n, d)
+
+
+generic_formulas.cache_clear = lambda: _generic_formulas.cache_clear()  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=16)
+def _generic_formulas(n: int, d: int) -> GenericFormulas:
     """The generic ε-expansion for an (n, d) decoder (docs/theory.md C9, C10, C16), derived by
     :func:`derive_generic_formulas` in this process and kept in memory (``lru_cache``; call
     ``generic_formulas.cache_clear()`` after changing a module the derivation uses).
@@ -795,8 +821,9 @@ def prediction_functions(model: SymbolicModel, modules: str = "numpy", log_norma
 #: Work limit of the third-order jets of one point (dictionary entries formed while the decoder
 #: and the prior are evaluated; ~3 µs each at 60 digits): beyond it the prediction is skipped.
 MAX_JET_WORK = 4_000_000
-#: Largest arithmetic cost of the contractions of one point, n d³ + d⁴ (~3 µs each at 60 digits).
-MAX_CONTRACTION_OPS = 10_000_000
+#: Largest arithmetic cost of the contractions of one point, n d³ + d⁴ (each stands for about three
+#: 60-digit operations, ~2 µs each): at d = 30 up to n = 118 outputs, ~25 s per point.
+MAX_CONTRACTION_OPS = 4_000_000
 #: Working precision (decimal digits) of the closed-form evaluation.
 CLOSED_FORM_DPS = 60
 #: Up to this d, Taylor coefficients that are rational (polynomial decoders, rational prior

@@ -192,3 +192,15 @@ def test_prediction_skipped_beyond_the_size_limits(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(E, "MAX_CONTRACTION_OPS", 10_000)
     with pytest.raises(E.PredictionSkipped, match="n = 10, d = 10: .*operations per point"):
         E.expand_at_floats(loads_spec(text), point)
+
+
+def test_symbolic_derivation_refused_at_large_d() -> None:
+    """expand_at (gapcheck derive) at d = 10 derived the generic formulas for hours; it is now
+    refused at once, pointing to the closed form, which gives the numbers."""
+    point = [0.1] * 10
+    m = loads_spec(rotated_blocks_spec(10, point))
+    t0 = time.perf_counter()
+    with pytest.raises(E.DerivationTooLarge, match="n = 10, d = 10 .* expand_at_floats"):
+        E.expand_at(m, point)
+    assert time.perf_counter() - t0 < 2
+    assert E.expand_at_floats(m, point)["gap"][0] > 0

@@ -43,7 +43,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from .functions import SPEC_FUNCTIONS, lambdify
+from .functions import SPEC_FUNCTIONS, lambdify_namespace
 
 try:  # Python >= 3.11
     import tomllib
@@ -763,19 +763,69 @@ def point_floats(points: Sequence[Sequence[Any]], start: int = 0, stop: int | No
     return np.array([[float(v) for v in p] for p in rows], dtype=np.float64).reshape(len(rows), d)
 
 
-def _kink_checks(model: SymbolicModel) -> list[tuple[str, int, sp.Expr, Callable[..., Any]]]:
-    """(where, index, argument, numpy function of z1..zd) for every abs/sign node of the decoder
-    and of the prior (cached in ``model.meta``)."""
+_NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def numpy_eval(expr: sp.Basic, env: Mapping[sp.Symbol, np.ndarray], memo: dict | None = None) -> Any:
+    """Evaluate a sympy tree in float64 numpy arithmetic, vectorized over the arrays of ``env``
+    (symbol -> array), with the function table's numpy functions; shared subtrees once.
+
+    What ``lambdify(..., "numpy")`` computes, without generating and compiling code (20 ms per
+    expression, which dominated the checks of a small spec).  Used for the validity checks of
+    :func:`check_points` only: invalid operations give nan (a log of a negative number) and
+    complex constants complex values, both of which those checks refuse."""
+    if not _NUMPY_FUNCTIONS:
+        _NUMPY_FUNCTIONS.update(lambdify_namespace("numpy"))
+    memo = {} if memo is None else memo
+    stack: list[tuple[sp.Basic, bool]] = [(expr, False)]
+    while stack:  # post-order, without recursion
+        e, ready = stack.pop()
+        if e in memo:
+            continue
+        if e in env:
+            memo[e] = env[e]
+            continue
+        if not e.free_symbols:
+            v = complex(sp.N(e, 20))
+            memo[e] = v.real if v.imag == 0 else v
+            continue
+        if not ready:
+            stack.append((e, True))
+            stack.extend((a, False) for a in e.args if a not in memo)
+            continue
+        args = [memo[a] for a in e.args]
+        if e.is_Add:
+            out = args[0]
+            for a in args[1:]:
+                out = out + a
+        elif e.is_Mul:
+            out = args[0]
+            for a in args[1:]:
+                out = out * a
+        elif e.is_Pow:
+            ex = e.args[1]
+            out = args[0] ** (int(ex) if ex.is_Integer else args[1])
+        else:
+            fn = _NUMPY_FUNCTIONS.get(type(e).__name__)
+            if fn is None or len(args) != 1:
+                raise SpecError(f"cannot evaluate {type(e).__name__} in numpy")
+            out = fn(args[0])
+        memo[e] = out
+    return memo[expr]
+
+
+def _kink_checks(model: SymbolicModel) -> list[tuple[str, int, sp.Expr]]:
+    """(where, index, argument as an expression in z1..zd) for every abs/sign node of the
+    decoder and of the prior (cached in ``model.meta``)."""
     cache = model.meta.setdefault("_numpy", {})
     if "kinks" not in cache:
         out = []
         for j, comp in enumerate(model.decoder):
             for node in comp.atoms(*KINK_NODES):
-                out.append(("decoder", j, node.args[0], lambdify(model.latents, node.args[0], "numpy")))
+                out.append(("decoder", j, node.args[0]))
         for k, (prior, z) in enumerate(zip(model.priors, model.latents)):
             for node in prior.logpdf.atoms(*KINK_NODES):
-                arg = node.args[0].subs(PRIOR_VARIABLE, z)
-                out.append(("prior", k, arg, lambdify(model.latents, arg, "numpy")))
+                out.append(("prior", k, node.args[0].subs(PRIOR_VARIABLE, z)))
         cache["kinks"] = out
     return cache["kinks"]
 
@@ -796,13 +846,11 @@ def check_points(model: SymbolicModel, points: Sequence[Sequence[sp.Expr]], firs
     of zero in float64) is decided exactly, with the point's rationals."""
     if len(points) == 0:
         return
-    zs = model.latents
     prefix = _prefix(model)
     cache = model.meta.setdefault("_numpy", {})
-    if "f" not in cache:
-        cache["f"] = lambdify(zs, list(model.decoder), "numpy")
-        cache["J"] = lambdify(zs, list(model.jacobian()), "numpy")
-        cache["ell"] = lambdify(zs, model.log_prior(), "numpy")
+    if "J" not in cache:
+        cache["J"] = list(model.jacobian())
+        cache["ell"] = model.log_prior()
     kinks = _kink_checks(model)
     chunk = max(1, _CHECK_CHUNK_ENTRIES // (model.n * model.d + model.n + 1))
     total = len(points)
@@ -821,17 +869,17 @@ def _check_chunk(model: SymbolicModel, points: Sequence[Sequence[Any]], arr: np.
     def where(i: int) -> str:
         return f"{prefix}{label}: latent point {first_index + start + i + 1} z0 = {_describe_point(arr[i])}"
 
+    env = dict(zip(zs, cols))
+    memo: dict = {}
     with np.errstate(all="ignore"):
-        def values(fn: Callable[..., Any], size: int) -> np.ndarray:
-            out = fn(*cols)
-            out = out if isinstance(out, list) else [out]
-            res = np.empty((count, size), dtype=np.complex128)
-            for c in range(size):
-                res[:, c] = np.broadcast_to(np.asarray(out[c], dtype=np.complex128), (count,))
+        def values(exprs: Sequence[sp.Basic]) -> np.ndarray:
+            res = np.empty((count, len(exprs)), dtype=np.complex128)
+            for c, e in enumerate(exprs):
+                res[:, c] = np.broadcast_to(np.asarray(numpy_eval(e, env, memo), dtype=np.complex128), (count,))
             return res
 
         # kinks: candidates in float64, decided exactly (the exact zero of the argument at the rational point)
-        for i in sorted({int(i) for _, _, _, fn in kinks for i in np.flatnonzero(~(np.abs(values(fn, 1)[:, 0]) > 1e-6))}):
+        for i in sorted({int(i) for _, _, arg in kinks for i in np.flatnonzero(~(np.abs(values([arg])[:, 0]) > 1e-6))}):
             p = tuple(points[start + i])
             subs = dict(zip(zs, p))
             for j, comp in enumerate(model.decoder):
@@ -845,9 +893,9 @@ def _check_chunk(model: SymbolicModel, points: Sequence[Sequence[Any]], arr: np.
                     raise SpecError(f"{where(i)} lies on the kink of the {prior.kind} prior of z{k + 1} at z{k + 1} = "
                                     f"{float(subs[z]):g}: ℓ is not differentiable there, and the estimators and the "
                                     "ε-expansion need ℓ three times differentiable at z0; move the point off the kink")
-        F = values(cache["f"], model.n)
-        Jv = values(cache["J"], model.n * model.d)
-        L = values(cache["ell"], 1)
+        F = values(list(model.decoder))
+        Jv = values(cache["J"])
+        L = values([cache["ell"]])
     badF = ~(np.isfinite(F) & (F.imag == 0))
     badL = ~(np.isfinite(L[:, 0]) & (L[:, 0].imag == 0))
     badJ = ~np.all(np.isfinite(Jv) & (Jv.imag == 0), axis=1)

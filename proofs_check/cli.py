@@ -134,18 +134,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                      "skipped": 0, "skip_reason": ""}
 
             def emit(r, path=path, sym=sym, stats=stats) -> None:
-                row = result_row(r)
                 if stream is not None:
-                    stream.write(json.dumps({"spec": str(path), "model": sym.name, **row}, allow_nan=False) + "\n")
+                    row = {"spec": str(path), "model": sym.name, **result_row(r)}
+                    stream.write(json.dumps(row, allow_nan=False) + "\n")
                     stream.flush()
                 stats["gap_min"] = min(stats["gap_min"], r.gap.value)
                 stats["gap_max"] = max(stats["gap_max"], r.gap.value)
                 stats["err_max"] = max(stats["err_max"], r.gap.error)
                 for f in r.flags:
                     stats["flags"][f] = stats["flags"].get(f, 0) + 1
-                if "prediction_skipped" in row:
+                if getattr(r, "prediction_skipped", None):
                     stats["skipped"] += 1
-                    stats["skip_reason"] = row["prediction_skipped"]
+                    stats["skip_reason"] = r.prediction_skipped
 
             big = rows > 64
             ev = evaluate_spec(sym, device=args.device, predictions=not args.no_prediction, log_px_method=args.log_px_method,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -57,13 +57,18 @@ def load_spec(spec: str | Path | Mapping[str, Any] | SymbolicModel, name: str | 
 
 
 def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: str = "auto", predictions: bool = True,
-             log_px_method: str = "gh", samples: int = 65536, seed: int = 0) -> Evaluation:
+             log_px_method: str = "gh", samples: int = 65536, seed: int = 0,
+             on_result: Callable[[Any], None] | None = None, keep_results: bool = True) -> Evaluation:
     """log p_γ(x), ELBO*(x), the gap log p − ELBO* and c_IMA(f, z0) at x = f(z0) for every latent
     point and γ² of the spec, each with its error estimate (`gapcheck evaluate`).
 
     Returns an :class:`~proofs_check.evaluation.Evaluation`: ``.results`` (one
     :class:`numerics.sweep.PointResult` per point and γ²), ``.to_dict()`` (the JSON of
-    docs/json.md), ``.columns()`` (a dict of numpy arrays)."""
+    docs/json.md), ``.columns()`` (a dict of numpy arrays).  ``on_result`` is called with each
+    result as soon as it is computed (``proofs_check.evaluation.result_row(r)`` is its JSON row);
+    with ``keep_results=False`` the results are only handed to it, so that many points (a
+    generated ``latents = {sample = ...}``) take no memory: ``.results`` is then empty and
+    ``.count`` says how many there were."""
     sym = load_spec(spec)
     if log_px_method not in ("gh", "is"):
         raise SpecError(f"log_px_method must be 'gh' or 'is', got {log_px_method!r}")
@@ -71,7 +76,7 @@ def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: st
         raise SpecError("samples must be at least 2")
     with torch_threads():
         return evaluate_spec(sym, device=device, predictions=predictions, log_px_method=log_px_method,
-                             is_samples=samples, seed=seed)
+                             is_samples=samples, seed=seed, on_result=on_result, keep_results=keep_results)
 
 
 @dataclass

@@ -82,10 +82,32 @@ def format_table(ev) -> str:
     return "\n".join(lines)
 
 
+#: With --jsonl, specs with more evaluations than this are not tabulated: their rows are streamed
+#: to the file and not kept in memory (a summary line replaces the table).
+TABLE_MAX_ROWS = 1000
+#: Rows that the table or --json may hold in memory (~4 KB each); more need --jsonl.
+MAX_KEPT_ROWS = 100_000
+
+
+def format_summary(ev, stats: dict[str, Any], path: str) -> str:
+    """One paragraph for a spec whose rows were streamed to ``path`` and not kept."""
+    flags = ", ".join(f"{k} x{v}" for k, v in sorted(stats["flags"].items())) or "none"
+    lines = [
+        f"model {ev.model.name!r}: d = {ev.model.d}, n = {ev.model.n}, prior {ev.model.prior_label}; "
+        f"{ev.n_results} evaluations in {ev.seconds:.2f} s on {ev.device}",
+        f"  rows streamed to {path} (more than {TABLE_MAX_ROWS}: not tabulated, not kept in memory); "
+        f"gap from {stats['gap_min']:.10g} to {stats['gap_max']:.10g}, largest error bar {stats['err_max']:.1e}; "
+        f"flags: {flags}",
+    ]
+    if stats["skipped"]:
+        lines.append(f"  prediction skipped for {stats['skipped']} rows: {stats['skip_reason']}")
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from theory.spec import load_spec
 
-    from .evaluation import evaluate_spec
+    from .evaluation import evaluate_spec, result_row
 
     specs = list(args.spec)
     if args.json and len(specs) > 1:
@@ -97,25 +119,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.samples < 2:
         raise UserError("--samples must be at least 2")
     models = [load_spec(p) for p in specs]  # every spec parsed (and refused) before any computation
+    for path, sym in zip(specs, models):
+        rows = len(sym.points) * max(1, len(sym.gamma2))
+        if rows > MAX_KEPT_ROWS and (args.json or not args.jsonl):
+            raise UserError(f"{path}: {rows} evaluations: more than {MAX_KEPT_ROWS} rows are only written as JSON Lines "
+                            "(--jsonl OUT streams them to a file without keeping them in memory)"
+                            + ("; --json holds every row in one document" if args.json else ""))
     stream = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None  # noqa: SIM115 (closed below)
     try:
         for path, sym in zip(specs, models):
+            rows = len(sym.points) * max(1, len(sym.gamma2))
+            keep = bool(args.json) or stream is None or rows <= TABLE_MAX_ROWS
+            stats: dict[str, Any] = {"flags": {}, "gap_min": float("inf"), "gap_max": float("-inf"), "err_max": 0.0,
+                                     "skipped": 0, "skip_reason": ""}
 
-            def emit(r, path=path, sym=sym) -> None:
+            def emit(r, path=path, sym=sym, stats=stats) -> None:
                 if stream is not None:
-                    stream.write(json.dumps({"spec": str(path), "model": sym.name, **r.to_dict()}, allow_nan=False) + "\n")
+                    row = {"spec": str(path), "model": sym.name, **result_row(r)}
+                    stream.write(json.dumps(row, allow_nan=False) + "\n")
                     stream.flush()
+                stats["gap_min"] = min(stats["gap_min"], r.gap.value)
+                stats["gap_max"] = max(stats["gap_max"], r.gap.value)
+                stats["err_max"] = max(stats["err_max"], r.gap.error)
+                for f in r.flags:
+                    stats["flags"][f] = stats["flags"].get(f, 0) + 1
+                if getattr(r, "prediction_skipped", None):
+                    stats["skipped"] += 1
+                    stats["skip_reason"] = r.prediction_skipped
 
-            big = len(sym.points) * max(1, len(sym.gamma2)) > 64
+            big = rows > 64
             ev = evaluate_spec(sym, device=args.device, predictions=not args.no_prediction, log_px_method=args.log_px_method,
-                               is_samples=args.samples, seed=args.seed, progress=big and not args.no_progress, on_result=emit)
+                               is_samples=args.samples, seed=args.seed, progress=big and not args.no_progress, on_result=emit,
+                               keep_results=keep)
             if args.json:
                 text = dumps_json(ev.to_dict())
                 if str(args.json) == "-":
                     sys.stdout.write(text)
                     return EXIT_OK
                 write_atomic(Path(args.json), text)
-            print(format_table(ev))
+            if keep:
+                print(format_table(ev))
+                if stats["skipped"]:
+                    print(f"  prediction skipped: {stats['skip_reason']}")
+            else:
+                print(format_summary(ev, stats, str(args.jsonl)))
             if len(specs) > 1:
                 print()
     finally:

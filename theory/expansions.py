@@ -162,8 +162,34 @@ def _taylor_series(
     return [P1, P2, P3]
 
 
-@lru_cache(maxsize=16)
+#: Largest n²·d⁶ (the growth of the generic formulas' c1) that :func:`generic_formulas` derives:
+#: measured (CPU, 2-core development machine) (4, 4) 9 s, (5, 4) 13 s, i.e. ~1.3e-4 s per unit,
+#: so the limit is a few minutes ((6, 6) = 1.7e6 is allowed, d = 7 with n = 7 is not).
+MAX_GENERIC_SIZE = 2_000_000
+
+
+class DerivationTooLarge(SpecError):
+    """The symbolic derivation of the generic formulas is refused for its size (it would take
+    hours); the closed form (:func:`expand_at_floats`) gives the same numbers at any size."""
+
+
 def generic_formulas(n: int, d: int) -> GenericFormulas:
+    """The generic ε-expansion for an (n, d) decoder (see :func:`_generic_formulas`); refuses
+    with :class:`DerivationTooLarge` when n²·d⁶ exceeds :data:`MAX_GENERIC_SIZE`."""
+    size = n * n * d**6
+    if size > MAX_GENERIC_SIZE:
+        raise DerivationTooLarge(
+            f"the symbolic derivation for n = {n}, d = {d} would take hours (n²·d⁶ = {size:.3g}, limit "
+            f"{MAX_GENERIC_SIZE:.3g}, a few minutes); `gapcheck evaluate` gives the same coefficients at any d "
+            "(closed form: theory.expansions.expand_at_floats)")
+    return _generic_formulas(n, d)
+
+
+generic_formulas.cache_clear = lambda: _generic_formulas.cache_clear()  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=16)
+def _generic_formulas(n: int, d: int) -> GenericFormulas:
     """The generic ε-expansion for an (n, d) decoder (docs/theory.md C9, C10, C16), derived by
     :func:`derive_generic_formulas` in this process and kept in memory (``lru_cache``; call
     ``generic_formulas.cache_clear()`` after changing a module the derivation uses).
@@ -530,18 +556,10 @@ def _expand_core(
     # mean-field ELBO (C10, C16): E0(t) = d/2 + ½Σ log t − ½ Σ t_k M_kk + ℓ0, then ε E1(m, t)
     t = G.t
     E0 = sp.Rational(d, 2) + sum(sp.log(tk) for tk in t) / 2 - sum(t[k] * M[k, k] for k in range(d)) / 2 + ell0
-    t1 = []
-    # E0 is separable in t; solve ∂E0/∂t_k = 0 with M_kk as a positive placeholder symbol and
-    # substitute afterwards (sympy's solve simplifies its input, which takes minutes when M_kk
-    # is a large transcendental expression, e.g. for tanh decoders)
-    mkk = sp.Symbol("M_kk_placeholder", positive=True)
-    for k in range(d):
-        E0k = E0.xreplace({M[k, k]: mkk}) if M[k, k].free_symbols or not M[k, k].is_Rational else E0
-        stat = sp.diff(E0k, t[k]).xreplace({M[k, k]: mkk})
-        sol = sp.solve(stat, t[k])
-        if len(sol) != 1:
-            raise RuntimeError(f"no unique stationary t_{k + 1}: {sol}")
-        t1.append(tidy(sol[0].xreplace({mkk: M[k, k]})))
+    # E0 is separable in t: ∂E0/∂t_k = 1/(2 t_k) − M_kk/2 vanishes at t_k = 1/M_kk (C8), written
+    # directly (sympy's solve simplified its input, which took seconds for transcendental M_kk)
+    mkk = sp.Symbol("M_kk_placeholder", positive=True)  # for the C8 series below
+    t1 = [tidy(1 / M[k, k]) for k in range(d)]
     t1_sub = dict(zip(t, t1))
     E1 = G.E1_mf.xreplace(vals)
     grad_m = [sp.diff(E1, G.m[a]).xreplace(t1_sub) for a in range(d)]
@@ -762,3 +780,580 @@ def prediction_functions(model: SymbolicModel, modules: str = "numpy", log_norma
         "s2": [lam(v) for v in exp.s2],
         "refined_s2": [lam(v) for v in exp.refined_s2],
     }
+
+
+# ----------------------------------------------------------------------------------------
+# Closed-form evaluation at a numeric point (polynomial cost in n and d)
+# ----------------------------------------------------------------------------------------
+#
+# The generic formulas above are polynomials in the Taylor symbols whose number of terms grows
+# like n²d⁶ (c1 holds products of two T2's, two J's and three Σ's), so deriving them is only
+# feasible for small (n, d).  Their Gaussian expectations are sums over Wick pairings, which
+# the functions below write as tensor contractions and evaluate directly at the numbers of a
+# given model and point; every quantity is the same polynomial in J, T2, T3, g, H and Σ = M⁻¹ as
+# the derived one, which tests/theory/test_closed_form.py checks against the derivation.
+#
+# Notation as in the module docstring; rows J_i of J, w_i = ΣJ_iᵀ, P = JΣJᵀ, τ_i = tr(T2_i Σ),
+# C_i = Σ T2_i, v = Σg, T3_i[w, S] = Σ_abc w_a T3_iabc S_bc.
+#
+#   X1 = gᵀu − ½ Σ_i (J_i u) T2_i[u, u],   X2 = ½ uᵀHu − ⅛ Σ_i T2_i[u, u]² − ⅙ Σ_i (J_i u) T3_i[u, u, u]
+#   E[X2]  = ½ tr(HΣ) − ⅛ Σ_i (τ_i² + 2 tr(C_i C_i)) − ½ Σ_i T3_i[w_i, Σ]
+#   E[X1²] = gᵀΣg − Σ_i ((v·J_i) τ_i + 2 vᵀT2_i w_i) + ¼ Q6,
+#   Q6 = Σ_ij E[(J_i u)(J_j u) T2_i[u,u] T2_j[u,u]]
+#      = Σ_ij P_ij (τ_iτ_j + 2 tr(C_iC_j)) + 4 Σ_i w_iᵀT2_i y + 4 rᵀΣr + 4 Σ_ij (T2_j w_i)ᵀ Σ (T2_i w_j),
+#        y = Σ_j τ_j w_j,  r = Σ_i T2_i w_i  (the 15 pairings of a degree-6 moment),
+#   c1 = E[X2] + ½ E[X1²]  (E[X1] = 0 by parity).
+#
+# The ELBO's ε-term for q = N(z0 + εm, εS) is E1(m, S) = κ(S) + b(S)ᵀm − ½ mᵀMm with
+#   κ(S) = ½ tr(HS) − ⅛ Σ_i (tr(T2_iS)² + 2 tr((T2_iS)²)) − ½ Σ_i T3_i[S J_iᵀ, S],
+#   b(S) = g − ½ Σ_i tr(T2_iS) J_iᵀ − Σ_i T2_i S J_iᵀ,
+# so m* = Σ b and max_m E1 = κ + ½ bᵀΣb.  Mean field: S = diag(t1), t1_k = 1/M_kk (C8), μ1 = m*,
+# ELBO*'s ε-term E1* = κ + ½ bᵀΣb, a1 = c1 − E1* (C11, C16), and the ε² term of s_k* is
+# τ_k = 2 ∂_{t_k}E1(μ1, t1) / M_kk² (from ∂²E0/∂t_k² = −M_kk²/2).  Full covariance (C14): S = Σ
+# gives κ(Σ) = E[X2], so full_cov_a1 = ½ E[X1²] − ½ b(Σ)ᵀΣ b(Σ).
+#
+# The Taylor coefficients J, T2, T3 of f and g, H of ℓ at z0 come from third-order jets of the
+# expression trees (forward-mode differentiation, _JetEvaluator), so no derivative is formed
+# symbolically.  Cost: O(n d³ + d⁴) arithmetic operations for the contractions plus, for the
+# jets, O(k³) per node of the trees that depends on k latents.
+
+
+#: Work limit of the third-order jets of one point (dictionary entries formed while the decoder
+#: and the prior are evaluated; ~3 µs each at 60 digits): beyond it the prediction is skipped.
+MAX_JET_WORK = 4_000_000
+#: Largest arithmetic cost of the contractions of one point, n d³ + d⁴ (each stands for about three
+#: 60-digit operations, ~2 µs each): at d = 30 up to n = 118 outputs, ~25 s per point.
+MAX_CONTRACTION_OPS = 4_000_000
+#: Working precision (decimal digits) of the closed-form evaluation.
+CLOSED_FORM_DPS = 60
+#: Up to this d, Taylor coefficients that are rational (polynomial decoders, rational prior
+#: derivatives, rational points) are kept as exact fractions through the contractions, so that
+#: coefficients that vanish come out as exact zeros; beyond it every number is a 60-digit float
+#: (exact fractions of 30 x 30 systems grow to hundreds of digits).
+EXACT_ARITHMETIC_MAX_D = 6
+
+
+class PredictionSkipped(ValueError):
+    """The closed-form prediction is refused for its size; ``str(exc)`` says why."""
+
+
+# A third-order jet of a function of z at z0: (value, gradient, Hessian, third derivatives) with
+# the derivatives as dicts over sorted index tuples (a), (a, b), (a, b, c), a <= b <= c, holding
+# only the latents the function depends on.  Numbers are Fractions (exact) or mpmath floats.
+Jet = tuple  # (v, g: dict[int, x], h: dict[tuple[int, int], x], t: dict[tuple[int, int, int], x])
+
+
+class _JetBudget(Exception):
+    pass
+
+
+class _JetEvaluator:
+    """Evaluates sympy trees of the latents as third-order jets at z0 (forward-mode automatic
+    differentiation to order 3: sums, Leibniz's rule for products, Faà di Bruno's formula for
+    functions of one argument, whose first three derivatives come from sympy once per function).
+    Shared subtrees are evaluated once.  ``work`` counts the dictionary entries formed."""
+
+    def __init__(self, latents: Sequence[sp.Symbol], point: Sequence[sp.Expr], budget: int) -> None:
+        from fractions import Fraction
+
+        self.F = Fraction
+        self.index = {z: k for k, z in enumerate(latents)}
+        self.point = [self.number(sp.sympify(v)) for v in point]
+        self.memo: dict[sp.Basic, Jet] = {}
+        self.work = 0
+        self.budget = budget
+
+    def number(self, e: sp.Expr) -> Any:
+        """A constant as a Fraction (rational) or a 60-digit mpmath number."""
+        if e.is_Rational:
+            return self.F(int(e.p), int(e.q))
+        return self._real(_mp_eval(e, {}, CLOSED_FORM_DPS))
+
+    def spend(self, k: int) -> None:
+        self.work += k
+        if self.work > self.budget:
+            raise _JetBudget
+
+    def jet(self, e: sp.Basic) -> Jet:
+        hit = self.memo.get(e)
+        if hit is not None:
+            return hit
+        out = self._jet(e)
+        self.memo[e] = out
+        return out
+
+    def _jet(self, e: sp.Basic) -> Jet:
+        if e in self.index:
+            return (self.point[self.index[e]], {self.index[e]: self.F(1)}, {}, {})
+        if not e.free_symbols:
+            return (self.number(e), {}, {}, {})
+        if e.is_Add:
+            parts = [self.jet(a) for a in e.args]
+            v = parts[0][0]
+            for p in parts[1:]:
+                v = v + p[0]
+            g: dict = {}
+            h: dict = {}
+            t: dict = {}
+            for _, pg, ph, pt in parts:
+                self.spend(len(pg) + len(ph) + len(pt))
+                for dst, src in ((g, pg), (h, ph), (t, pt)):
+                    for key, x in src.items():
+                        dst[key] = dst[key] + x if key in dst else x
+            return (v, g, h, t)
+        if e.is_Mul:
+            parts = [self.jet(a) for a in e.args]
+            acc = parts[0]
+            for p in parts[1:]:
+                acc = self._mul(acc, p)
+            return acc
+        if e.is_Pow:
+            base, ex = e.args
+            if not ex.free_symbols:
+                u = self.jet(base)
+                if ex.is_Integer:
+                    n = int(ex)
+                    if n == 2:
+                        return self._mul(u, u)
+                    x = u[0]
+                    c = [n, n * (n - 1), n * (n - 1) * (n - 2)]
+                    ders = [x**n] + [(c[k] * x ** (n - k - 1)) if c[k] else self.F(0) for k in range(3)]
+                    return self._compose(u, ders)
+                pe = self.number(ex)
+                x = self._mp(u[0])
+                ders = [x**pe, pe * x ** (pe - 1), pe * (pe - 1) * x ** (pe - 2), pe * (pe - 1) * (pe - 2) * x ** (pe - 3)]
+                return self._compose(u, [self._real(v) for v in ders])
+            return self.jet(sp.exp(ex * sp.log(base), evaluate=False))  # b**w = exp(w log b)
+        if len(e.args) == 1:
+            u = self.jet(e.args[0])
+            return self._compose(u, self._function_derivatives(type(e), u[0]))
+        raise ValueError(f"cannot differentiate {type(e).__name__} ({sp.sstr(e)[:60]})")
+
+    def _mp(self, x: Any) -> Any:
+        return mpmath.mpf(x.numerator) / x.denominator if isinstance(x, self.F) else x
+
+    @staticmethod
+    def _real(v: Any) -> Any:
+        if isinstance(v, mpmath.mpc):
+            if abs(v.imag) > mpmath.mpf(10) ** (-CLOSED_FORM_DPS // 2) * max(1, abs(v.real)):
+                raise ValueError(f"a Taylor coefficient is not real at z0 ({v})")
+            return v.real
+        return v
+
+    def _function_derivatives(self, cls: type, x: Any) -> list[Any]:
+        """[φ(x), φ'(x), φ''(x), φ'''(x)] for a function node class (exact for abs and sign,
+        which the spec checks keep off their kinks)."""
+        zero = self.F(0)
+        if cls is sp.Abs:
+            return [abs(x), self.F((x > 0) - (x < 0)), zero, zero]
+        if cls is sp.sign:
+            return [self.F((x > 0) - (x < 0)), zero, zero, zero]
+        xm = self._mp(x)
+        return [self._real(f(xm)) for f in _univariate_derivatives(cls)]
+
+    def _compose(self, u: Jet, d: list[Any]) -> Jet:
+        """φ(u) from d = [φ, φ', φ'', φ'''] at u's value (Faà di Bruno to order 3):
+        ∂_a = φ' u_a,  ∂_ab = φ' u_ab + φ'' u_a u_b,
+        ∂_abc = φ' u_abc + φ'' (u_ab u_c + u_ac u_b + u_bc u_a) + φ''' u_a u_b u_c."""
+        _, ug, uh, ut = u
+        d0, d1, d2, d3 = d
+        keys = sorted(ug)
+        k = len(keys)
+        self.spend(k * (k + 1) * (k + 2) // 6 + len(uh) * k + len(ut) + len(uh) + k + 1)
+        g = {a: d1 * x for a, x in ug.items()}
+        h = {key: d1 * x for key, x in uh.items()}
+        t = {key: d1 * x for key, x in ut.items()}
+        if d2:
+            for i, a in enumerate(keys):
+                ua = d2 * ug[a]
+                for b in keys[i:]:
+                    y = ua * ug[b]
+                    h[(a, b)] = h[(a, b)] + y if (a, b) in h else y
+            _pair_single(t, uh, ug, d2)
+        if d3:
+            for i, a in enumerate(keys):
+                ua = d3 * ug[a]
+                for j in range(i, k):
+                    b = keys[j]
+                    uab = ua * ug[b]
+                    for c in keys[j:]:
+                        key = (a, b, c)
+                        y = uab * ug[c]
+                        t[key] = t[key] + y if key in t else y
+        return (d0, g, h, t)
+
+    def _mul(self, u: Jet, w: Jet) -> Jet:
+        """u·w by Leibniz's rule: ∂ of the product over a set S of positions is the sum over the
+        subsets R of S of ∂_R u · ∂_(S−R) w."""
+        uv, ug, uh, ut = u
+        wv, wg, wh, wt = w
+        if not ug:  # u constant
+            self.spend(len(wg) + len(wh) + len(wt) + 1)
+            return (uv * wv, {key: uv * x for key, x in wg.items()}, {key: uv * x for key, x in wh.items()},
+                    {key: uv * x for key, x in wt.items()})
+        if not wg:
+            return self._mul(w, u)
+        self.spend(len(uh) * len(wg) + len(ug) * len(wh) + len(ug) * len(wg) + len(ut) + len(wt)
+                   + len(ug) + len(wg) + len(uh) + len(wh) + 1)
+        g: dict = {a: x * wv for a, x in ug.items()}
+        for a, x in wg.items():
+            y = uv * x
+            g[a] = g[a] + y if a in g else y
+        h: dict = {}
+        for src, other in ((uh, wv), (wh, uv)):
+            for key, x in src.items():
+                y = x * other
+                h[key] = h[key] + y if key in h else y
+        for a, x in ug.items():  # u_a w_b + u_b w_a: each ordered pair once, (a, a) twice
+            for b, y in wg.items():
+                key = (a, b) if a <= b else (b, a)
+                z = 2 * x * y if a == b else x * y
+                h[key] = h[key] + z if key in h else z
+        t: dict = {}
+        for src, other in ((ut, wv), (wt, uv)):
+            for key, x in src.items():
+                y = x * other
+                t[key] = t[key] + y if key in t else y
+        _pair_single(t, uh, wg, 1)
+        _pair_single(t, wh, ug, 1)
+        return (uv * wv, g, h, t)
+
+
+def _pair_single(t: dict, pairs: dict, singles: dict, factor: Any) -> None:
+    """t[sorted(a, b, c)] += m · factor · pairs[(a, b)] · singles[c], m the number of times c
+    occurs in the sorted key: the terms u_ab w_c + u_ac w_b + u_bc w_a of a third derivative."""
+    for (a, b), x in pairs.items():
+        fx = factor * x
+        for c, y in singles.items():
+            if c <= a:
+                key = (c, a, b)
+            elif c <= b:
+                key = (a, c, b)
+            else:
+                key = (a, b, c)
+            m = 1 + (a == c) + (b == c)
+            z = m * fx * y
+            t[key] = t[key] + z if key in t else z
+
+
+@lru_cache(maxsize=None)
+def _univariate_derivatives(cls: type) -> tuple[Any, ...]:
+    """mpmath functions φ, φ', φ'', φ''' of a function node class of the function table
+    (differentiated by sympy once per class)."""
+    x = sp.Symbol("x", real=True)
+    e = cls(x)
+    return tuple(lambdify([x], dk, "mpmath") for dk in [e] + [sp.diff(e, x, k) for k in (1, 2, 3)])
+
+
+def _exact_point(point: Sequence[Any]) -> list[sp.Expr]:
+    """Point entries as exact sympy numbers (floats via their shortest repr; see :func:`expand_at`)."""
+    from .spec import exact_number
+
+    pt: list[sp.Expr] = []
+    for p in point:
+        if isinstance(p, sp.Float):
+            pt.append(exact_number(float(p)))
+        elif isinstance(p, sp.Basic):
+            pt.append(p)
+        elif isinstance(p, numbers.Integral):
+            pt.append(sp.Integer(int(p)))
+        elif isinstance(p, numbers.Real):
+            pt.append(exact_number(float(p)))
+        else:
+            pt.append(exact_number(p))
+    return pt
+
+
+def _inverse(M: list[list[Any]]) -> tuple[list[list[Any]], Any]:
+    """(M⁻¹, det M) by Gauss–Jordan elimination with partial pivoting, in the entries' own
+    arithmetic (exact for Fractions)."""
+    d = len(M)
+    A = [list(row) + [1 if i == j else 0 for j in range(d)] for i, row in enumerate(M)]
+    det: Any = 1
+    for col in range(d):
+        piv = max(range(col, d), key=lambda r: abs(A[r][col]))
+        if not A[piv][col]:
+            return [], 0
+        if piv != col:
+            A[col], A[piv] = A[piv], A[col]
+            det = -det
+        p = A[col][col]
+        det = det * p
+        row = [x / p for x in A[col]]
+        A[col] = row
+        for r in range(d):
+            if r != col:
+                f = A[r][col]
+                if f:
+                    Ar = A[r]
+                    A[r] = [x - f * y for x, y in zip(Ar, row)]
+    return [row[d:] for row in A], det
+
+
+def contraction_ops(n: int, d: int) -> int:
+    """Arithmetic operations of the contractions of one point (bounded by :data:`MAX_CONTRACTION_OPS`)."""
+    return n * d**3 + d**4
+
+
+def expand_at_floats(model: SymbolicModel, point: Sequence[Any], log_normalizer: float = 0.0,
+                     checked: bool = False) -> dict[str, Any]:
+    """``expand_at(model, point, log_normalizer).as_floats()`` computed in closed form (see the
+    comment above): the same coefficients (docs/theory.md C7–C11, C14, C16) at a cost
+    polynomial in n and d.  The Taylor coefficients of f and ℓ at z0 come from third-order
+    forward-mode differentiation of their expression trees (no symbolic derivatives); the
+    arithmetic is exact (fractions) where they are rational and d <= :data:`EXACT_ARITHMETIC_MAX_D`,
+    else :data:`CLOSED_FORM_DPS`-digit mpmath; results are rounded to float64 at the end.
+
+    ``checked``: the point was already checked (:func:`theory.spec.check_points`, as every
+    point of a loaded spec is).  Raises :class:`PredictionSkipped` beyond the size limits
+    (:data:`MAX_JET_WORK`, :data:`MAX_CONTRACTION_OPS`); the refusal is remembered in
+    ``model.meta``, so later points are refused at once."""
+    from fractions import Fraction
+
+    pt = _exact_point(point)
+    if len(pt) != model.d:
+        raise SpecError(f"dimension mismatch: point has {len(pt)} coordinates, model has d = {model.d}")
+    skipped = model.meta.get("_prediction_skipped")
+    if skipped:
+        raise PredictionSkipped(skipped)
+    n, d = model.n, model.d
+    ops = contraction_ops(n, d)
+    if ops > MAX_CONTRACTION_OPS:
+        reason = (f"n = {n}, d = {d}: the closed-form prediction needs ~{ops:.2g} operations per point "
+                  f"(n·d³ + d⁴; limit {MAX_CONTRACTION_OPS:.2g})")
+        model.meta["_prediction_skipped"] = reason
+        raise PredictionSkipped(reason)
+    if not checked:
+        point_subs(model, pt)  # refuses points where the model is undefined, singular or on a kink
+    with mpmath.workdps(CLOSED_FORM_DPS):
+        ev = _JetEvaluator(model.latents, pt, MAX_JET_WORK)
+        try:
+            outs = [ev.jet(fi) for fi in model.decoder]
+            if "_log_prior" not in model.meta:
+                model.meta["_log_prior"] = model.log_prior()
+            ell = ev.jet(model.meta["_log_prior"])
+        except _JetBudget:
+            reason = (f"n = {n}, d = {d}: the Taylor coefficients of the decoder need more than {MAX_JET_WORK} "
+                      "terms per point (limit theory.expansions.MAX_JET_WORK)")
+            model.meta["_prediction_skipped"] = reason
+            raise PredictionSkipped(reason) from None
+        ev.memo.clear()
+        exact = d <= EXACT_ARITHMETIC_MAX_D and all(
+            isinstance(x, Fraction) for jet in [*outs, ell] for part in jet[1:] for x in part.values())
+
+        def num(x: Any) -> Any:
+            return x if exact or not isinstance(x, Fraction) else mpmath.mpf(x.numerator) / x.denominator
+
+        zero: Any = Fraction(0) if exact else mpmath.mpf(0)
+        J = [[zero] * d for _ in range(n)]
+        T2 = []
+        T3 = []
+        for i, (_, g_, h_, t_) in enumerate(outs):
+            for a, x in g_.items():
+                J[i][a] = num(x)
+            A = [[zero] * d for _ in range(d)]
+            for (a, b), x in h_.items():
+                A[a][b] = A[b][a] = num(x)
+            T2.append(A)
+            T3.append({key: num(x) for key, x in t_.items() if x})
+        g = [num(ell[1].get(a, zero)) for a in range(d)]
+        Hd = [num(ell[2].get((a, a), zero)) for a in range(d)]
+        res = _closed_form(n, d, J, T2, T3, g, Hd, zero)
+        if res is None:
+            raise ValueError(f"{model.name}: J(z0) is rank-deficient at z0 = {tuple(pt)}; the expansion needs full column rank")
+
+        def mp(x: Any) -> Any:
+            return mpmath.mpf(x.numerator) / x.denominator if isinstance(x, Fraction) else x
+
+        def fl(x: Any) -> float:
+            return float(mp(x))
+
+        ell0 = mp(ell[0]) - mpmath.mpf(log_normalizer)
+        Mdiag, detM = res["Mdiag"], res["detM"]
+        log_px0 = ell0 - mpmath.log(mp(detM)) / 2
+        elbo0 = ell0 - mpmath.fsum(mpmath.log(mp(m)) for m in Mdiag) / 2
+        ratio: Any = Fraction(1) if exact else mpmath.mpf(1)
+        for m in Mdiag:
+            ratio = ratio * m
+        c_ima = mpmath.log(mp(ratio / detM)) / 2
+        normalized = all(p.normalized for p in model.priors) or log_normalizer != 0
+        return {
+            "gap": [float(c_ima), fl(res["a1"])],
+            "mu_star": [[fl(ev.point[k]) for k in range(d)], [fl(x) for x in res["m1"]]],
+            "s_star": [[fl(x) for x in res["t1"]], [fl(x) for x in res["s2"]]],
+            "log_px": [float(log_px0), fl(res["c1"])],
+            "elbo_star": [float(elbo0), fl(res["E1_star"])],
+            "full_cov_gap": [0.0, fl(res["full_cov_a1"])],
+            "refined_s2": [fl(x) for x in res["refined_s2"]],
+            "normalized": bool(normalized),
+        }
+
+
+def _closed_form(n: int, d: int, J: list[list[Any]], T2: list[list[list[Any]]],
+                 T3: list[dict[tuple[int, int, int], Any]], g: list[Any], Hd: list[Any], zero: Any) -> dict[str, Any] | None:
+    """The ε-coefficients from the Taylor coefficients at z0 (formulas in the comment above);
+    None when M = JᵀJ is singular.  Entries are Fractions or mpmath numbers; ``zero`` is the
+    zero of that arithmetic (so that no int / int division ever makes a float)."""
+    R = range(d)
+    M = [[sum((J[i][a] * J[i][b] for i in range(n) if J[i][a] and J[i][b]), zero) for b in R] for a in R]
+    Sig, detM = _inverse(M)
+    if not detM:
+        return None
+    Mdiag = [M[k][k] for k in R]
+    t1 = [1 / m for m in Mdiag]
+
+    def matvec(A: list[list[Any]], x: list[Any]) -> list[Any]:
+        return [sum((A[a][b] * x[b] for b in R if A[a][b] and x[b]), zero) for a in R]
+
+    def dot(x: list[Any], y: list[Any]) -> Any:
+        return sum((p * q for p, q in zip(x, y) if p and q), zero)
+
+    nz2 = [[(a, b, A[a][b]) for a in R for b in R if A[a][b]] for A in T2]  # both triangles
+    W = [matvec(Sig, J[i]) for i in range(n)]  # w_i = Σ J_iᵀ
+    tau = [sum((Sig[b][a] * x for a, b, x in nz2[i]), zero) for i in range(n)]  # tr(T2_i Σ)
+    v = matvec(Sig, g)
+    # C_i = Σ T2_i (only for outputs with curvature), tr(C_i C_i)
+    C: list[list[list[Any]] | None] = []
+    trCC = []
+    for i in range(n):
+        if not nz2[i]:
+            C.append(None)
+            trCC.append(zero)
+            continue
+        Ci = [[zero] * d for _ in R]
+        for b, c, x in nz2[i]:
+            for a in R:
+                s = Sig[a][b]
+                if s:
+                    Ci[a][c] = Ci[a][c] + s * x
+        C.append(Ci)
+        trCC.append(sum((Ci[a][c] * Ci[c][a] for a in R for c in R if Ci[a][c] and Ci[c][a]), zero))
+    # A_a = Σ_i J_ia C_i;  S1 = Σ_ij P_ij tr(C_i C_j) = Σ_ab Σ_ab tr(A_a A_b)
+    Aa = []
+    for a in R:
+        A = [[zero] * d for _ in R]
+        for i in range(n):
+            Ci = C[i]
+            if Ci is None or not J[i][a]:
+                continue
+            j = J[i][a]
+            for x in R:
+                row, Ax = Ci[x], A[x]
+                for y in R:
+                    if row[y]:
+                        Ax[y] = Ax[y] + j * row[y]
+        Aa.append(A)
+    S1 = zero
+    for a in R:
+        for b in R:
+            s = Sig[a][b]
+            if s:
+                Ab = Aa[b]
+                Aa_ = Aa[a]
+                tr = sum((Aa_[x][y] * Ab[y][x] for x in R for y in R if Aa_[x][y] and Ab[y][x]), zero)
+                if tr:
+                    S1 = S1 + s * tr
+    # U[a][c][e] = Σ_i w_ia T2_i[c][e];  S2 = Σ_ij (T2_j w_i)ᵀ Σ (T2_i w_j) = Σ_abce U[a][c][e] U[e][b][a] Σ_bc
+    U = [[[zero] * d for _ in R] for _ in R]
+    for i in range(n):
+        if not nz2[i]:
+            continue
+        wi = W[i]
+        for c, e, x in nz2[i]:
+            for a in R:
+                if wi[a]:
+                    U[a][c][e] = U[a][c][e] + wi[a] * x
+    S2 = zero
+    for a in R:
+        for e in R:
+            Uae = [U[a][c][e] for c in R]
+            if not any(Uae):
+                continue
+            # V_b = Σ_c U[a][c][e] Σ_cb
+            for b in R:
+                u = U[e][b][a]
+                if u:
+                    Vb = sum((Uae[c] * Sig[c][b] for c in R if Uae[c] and Sig[c][b]), zero)
+                    if Vb:
+                        S2 = S2 + Vb * u
+    r = [sum((U[a][b][a] for a in R if U[a][b][a]), zero) for b in R]  # Σ_i T2_i w_i
+    y = [sum((tau[i] * W[i][a] for i in range(n) if tau[i] and W[i][a]), zero) for a in R]  # Σ_j τ_j w_j
+    wTy = sum((U[a][a][b] * y[b] for a in R for b in R if U[a][a][b] and y[b]), zero)  # Σ_i w_iᵀ T2_i y
+    Jt_tau = [sum((J[i][a] * tau[i] for i in range(n) if J[i][a] and tau[i]), zero) for a in R]  # Jᵀτ
+    Q6 = dot(Jt_tau, matvec(Sig, Jt_tau)) + 2 * S1 + 4 * wTy + 4 * dot(r, matvec(Sig, r)) + 4 * S2
+    EX1sq = dot(g, v) - (dot(v, Jt_tau) + 2 * dot(v, r)) + Q6 / 4
+
+    def t3_contract(i: int, w: list[Any], S: list[list[Any]]) -> Any:
+        """T3_i[w, S] = Σ_abc T3_iabc w_a S_bc over the sorted nonzero entries."""
+        tot = zero
+        for (a, b, c), x in T3[i].items():
+            s = zero
+            for p, q, u in set(itertools.permutations((a, b, c))):
+                if w[p] and S[q][u]:
+                    s = s + w[p] * S[q][u]
+            if s:
+                tot = tot + x * s
+        return tot
+
+    T3w = sum((t3_contract(i, W[i], Sig) for i in range(n) if T3[i]), zero)
+    trHS = sum((Hd[a] * Sig[a][a] for a in R if Hd[a] and Sig[a][a]), zero)
+    EX2 = trHS / 2 - sum((tau[i] * tau[i] + 2 * trCC[i] for i in range(n)), zero) / 8 - T3w / 2
+    c1 = EX2 + EX1sq / 2
+
+    # full covariance: b(Σ) = g − ½ Jᵀτ − r
+    bF = [g[a] - Jt_tau[a] / 2 - r[a] for a in R]
+    full_cov_a1 = EX1sq / 2 - dot(bF, matvec(Sig, bF)) / 2
+
+    # mean field, S = diag(t1)
+    def t3(i: int, a: int, b: int, c: int) -> Any:
+        return T3[i].get(tuple(sorted((a, b, c))), zero)
+
+    tT = [sum((T2[i][k][k] * t1[k] for k in R if T2[i][k][k]), zero) for i in range(n)]
+    trTT = [sum((x * x * t1[a] * t1[b] for a, b, x in nz2[i]), zero) for i in range(n)]
+    T3mf = zero
+    for i in range(n):
+        if not T3[i]:
+            continue
+        for b in R:
+            if not J[i][b]:
+                continue
+            for c in R:
+                x = t3(i, b, c, c)
+                if x:
+                    T3mf = T3mf + J[i][b] * t1[b] * t1[c] * x
+    kappa = sum((Hd[k] * t1[k] for k in R if Hd[k]), zero) / 2 - \
+        sum((tT[i] * tT[i] + 2 * trTT[i] for i in range(n)), zero) / 8 - T3mf / 2
+    bT = []
+    for a in R:
+        s = g[a]
+        for i in range(n):
+            if tT[i] and J[i][a]:
+                s = s - tT[i] * J[i][a] / 2
+            for k in R:
+                if T2[i][a][k] and J[i][k]:
+                    s = s - T2[i][a][k] * t1[k] * J[i][k]
+        bT.append(s)
+    m1 = matvec(Sig, bT)
+    E1_star = kappa + dot(bT, m1) / 2
+    a1 = c1 - E1_star
+    Jm1 = [dot(J[i], m1) for i in range(n)]
+    T2m1 = [matvec(T2[i], m1) if nz2[i] else [zero] * d for i in range(n)]
+    s2 = []
+    for k in R:
+        dE = Hd[k] / 2
+        for i in range(n):
+            A = T2[i]
+            if A[k][k]:
+                dE = dE - tT[i] * A[k][k] / 4 - Jm1[i] * A[k][k] / 2
+            if nz2[i]:
+                dE = dE - sum((A[k][b] * A[k][b] * t1[b] for b in R if A[k][b]), zero) / 2
+            if J[i][k] and T2m1[i][k]:
+                dE = dE - J[i][k] * T2m1[i][k]
+            if T3[i]:
+                if J[i][k]:
+                    dE = dE - J[i][k] * sum((t3(i, k, c, c) * t1[c] for c in R), zero) / 2
+                dE = dE - sum((J[i][b] * t1[b] * t3(i, b, k, k) for b in R if J[i][b]), zero) / 2
+        s2.append(2 * dE / (Mdiag[k] * Mdiag[k]))
+    refined = [Hd[k] / (Mdiag[k] * Mdiag[k]) for k in R]
+    return {"Mdiag": Mdiag, "detM": detM, "t1": t1, "m1": m1, "s2": s2, "c1": c1, "E1_star": E1_star, "a1": a1,
+            "full_cov_a1": full_cov_a1, "refined_s2": refined}

@@ -157,8 +157,8 @@ def test_gamma2_range() -> None:
     for g in (1e-8, 1e12):
         assert model_from_dict(spec(gamma2=[g])).gamma2 == (g,)
     refused(spec(gamma2=[1.0] * 101), "gamma2", "limit 100")
-    refused(spec(gamma2=[1.0] * 20, latents=[[0.1, 0.2]] * 600), "evaluations", "limit 10000")
-    refused(spec(latents=[[0.1, 0.2]] * 1001), "latents", "limit 1000")
+    refused(spec(gamma2=[1.0] * 20, latents={"sample": 50_001}), "evaluations", "limit 1000000")
+    refused(spec(latents=[[0.1, 0.2]] * 1_000_001), "latents", "limit 1000000")
 
 
 def test_dev_zero_and_huge_files(tmp_path: Path) -> None:
@@ -207,8 +207,8 @@ def test_latent_point_with_extra_coordinate() -> None:
                   "latent point 1 has 3 coordinates, the decoder uses d = 2 latents z1..z2")
     assert "n = 2" not in msg
     refused(spec(decoder=["z1", "z3"], latents=[[0.1, 0.2, 0.3]]), "uses z3 but not z2")
-    refused(spec(decoder=["z1"] * 7 + ["z7 + z2+z3+z4+z5+z6"]), "at most d = 6")
-    refused(spec(decoder=["z1"] * 65), "limit n <= 64")
+    refused(spec(decoder=["z1"] * 31 + ["z31 + " + " + ".join(f"z{k}" for k in range(2, 31))]), "at most d = 30")
+    refused(spec(decoder=["z1"] * 257), "limit n <= 256")
 
 
 def test_utf8_bom_accepted(tmp_path: Path) -> None:
@@ -283,10 +283,101 @@ def test_points_on_a_kink_refused_points_off_it_accepted() -> None:
 
 def test_limits_are_stated_in_the_docs() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "spec.md").read_text(encoding="utf-8")
-    for value in ("1048576", "20000", "2000", "100", "1000", "1e-8", "1e12", "d ≤ 6", "n ≤ 64", "[0.01, 1e6]",
-                  "[1e-6, 1e6]", "10000", "200 characters"):
+    for value in ("1048576", "20000", "2000", "100", "1000", "1e-8", "1e12", "d ≤ 30", "n ≤ 256", "[0.01, 1e6]",
+                  "[1e-6, 1e6]", "1000000 latent points", "1000000 (point, γ²) evaluations", "10000000 coordinates",
+                  "200 characters"):
         assert value in doc, value
     assert (S.MAX_SPEC_BYTES, S.MAX_EXPR_CHARS, S.MAX_EXPR_OPERATORS, S.MAX_EXPR_DEPTH, S.MAX_EXPONENT) == (
         1048576, 20000, 2000, 100, 1000)
     assert (S.GAMMA2_MIN, S.GAMMA2_MAX, S.MAX_LATENTS, S.MAX_OUTPUTS, S.MAX_POINTS, S.MAX_GAMMA2) == (
-        1e-8, 1e12, 6, 64, 1000, 100)
+        1e-8, 1e12, 30, 256, 1_000_000, 100)
+    assert (S.MAX_EVALUATIONS, S.MAX_POINT_COORDINATES) == (1_000_000, 10_000_000)
+
+
+# ---------------------------------------------------------------- generated latent points (issue #10)
+
+
+def test_sample_is_deterministic_and_drawn_from_the_prior() -> None:
+    """latents = {sample = N, seed = S}: the same points for the same seed, other points for
+    another seed, each coordinate from its own prior factor (means within 5 standard errors:
+    deterministic, since the seed is fixed)."""
+    data = spec(prior=["gaussian(1, 4)", "logistic(-0.5, 0.3)"], latents={"sample": 20_000, "seed": 7})
+    a, b = model_from_dict(data), model_from_dict(data)
+    assert isinstance(a.points, S.GeneratedPoints) and len(a.points) == 20_000
+    assert a.points == b.points and a.points[123] == b.points[123]
+    c = model_from_dict(spec(prior=["gaussian(1, 4)", "logistic(-0.5, 0.3)"], latents={"sample": 20_000}))
+    assert c.points != a.points  # seed 0 (the default) differs from seed 7
+    arr = a.points.floats()
+    se = [2 / math.sqrt(20_000), 0.3 * math.pi / math.sqrt(3) / math.sqrt(20_000)]  # sd / sqrt(N)
+    assert abs(arr[:, 0].mean() - 1) < 5 * se[0] and abs(arr[:, 1].mean() + 0.5) < 5 * se[1]
+    assert abs(arr[:, 0].std() - 2) < 0.05 and abs(arr[:, 1].std() - 0.3 * math.pi / math.sqrt(3)) < 0.01
+    # item i is the exact rational of the float (its shortest repr), as for a listed point
+    p = a.points[5]
+    assert all(isinstance(v, sp.Rational) and float(v) == arr[5, k] for k, v in enumerate(p))
+    assert a.points[-1] == a.points[19_999] and len(a.points[10:13]) == 3
+
+
+def test_grid_order_and_exact_values() -> None:
+    """latents = {grid = [[lo, hi, count], ...]}: the product grid, z1 outermost; each value is
+    the float nearest to lo + (hi − lo)·j/(count − 1), read back as its shortest decimal."""
+    m = model_from_dict(spec(latents={"grid": [[-1, 1, 21], [0.5, 2.5, 3]]}))
+    assert len(m.points) == 63
+    assert m.points[0] == (-1, sp.Rational(1, 2)) and m.points[1] == (-1, sp.Rational(3, 2))
+    assert m.points[3 * 3] == (sp.Rational(-7, 10), sp.Rational(1, 2))  # -1 + 2·3/20, not -0.69999…
+    assert m.points[-1] == (1, sp.Rational(5, 2))
+    one = model_from_dict(spec(latents={"grid": [[0.3, 0.3, 1], [1.1, 2, 1]]}))
+    assert list(one.points) == [(sp.Rational(3, 10), sp.Rational(11, 10))]  # count 1: lo
+
+
+@pytest.mark.parametrize("latents, fragments", [
+    ({"sample": 0}, ("latents.sample", "0 is outside [1, 1000000]")),
+    ({"sample": 1_000_001}, ("latents.sample", "outside")),
+    ({"sample": 2.5}, ("latents.sample", "expected an integer")),
+    ({"sample": True}, ("latents.sample", "expected an integer")),
+    ({"sample": 10, "seed": -1}, ("latents.seed", "outside")),
+    ({"sample": 10, "seed": "x"}, ("latents.seed", "integer")),
+    ({"sample": 10, "grid": [[0, 1, 2], [0, 1, 2]]}, ("exactly one of 'sample'",)),
+    ({"seed": 3}, ("exactly one of 'sample'",)),
+    ({"sample": 10, "count": 3}, ("unknown keys ['count']",)),
+    ({"grid": [[0, 1, 2], [0, 1, 2]], "seed": 1}, ("unknown keys ['seed']",)),
+    ({"grid": [[0, 1, 2]]}, ("latents.grid", "1 axis for d = 2")),
+    ({"grid": [[0, 1, 2], [0, 1]]}, ("latents.grid[1]", "[lo, hi, count]")),
+    ({"grid": [[1, 0, 2], [0, 1, 2]]}, ("latents.grid[0]", "lo < hi")),
+    ({"grid": [[0, 1, 0], [0, 1, 2]]}, ("latents.grid[0]: count", "outside")),
+    ({"grid": [[0, 1, 2.0], [0, 1, 2]]}, ("latents.grid[0]: count", "integer")),
+    ({"grid": [[0, "a", 2], [0, 1, 2]]}, ("latents.grid[0]", "hi must be a finite number")),
+    ({"grid": [[0, 1e7, 2], [0, 1, 2]]}, ("latents.grid[0]", "1e+06")),
+    ({"grid": [[0, 1, 1001], [0, 1, 1000]]}, ("1001 x 1000 = 1001000 points", "limit 1000000")),
+    ({"grid": "0..1"}, ("latents.grid", "list of [lo, hi, count]")),
+])
+def test_generated_points_refused(latents: dict, fragments: tuple[str, ...]) -> None:
+    refused(spec(latents=latents), *fragments)
+
+
+def test_generated_points_limits_and_bad_draws() -> None:
+    """Coordinates, heavy tails, custom priors, and points where the model is undefined, named."""
+    refused({**spec(latents={"sample": 400_000}), "decoder": [f"z{k}" for k in range(1, 31)]},
+            "latents.sample", "12000000 coordinates", "limit 10000000")
+    refused(spec(prior="student_t(0.5)", latents={"sample": 10_000}), "latents.sample", "heavy-tailed", "student_t(1/2)")
+    refused(spec(prior={"logpdf": "-z**4"}, latents={"sample": 10}), "latents.sample", "custom(-z**4)", "grid")
+    refused(spec(decoder=["z1**3", "z2"], latents={"grid": [[-1, 1, 3], [0, 1, 2]]}),
+            "latents.grid: latent point 3 z0 = (0, 0)", "singular")
+    refused(spec(decoder=["log(z1)", "z2"], latents={"sample": 50}), "latents.sample: latent point", "not finite")
+
+
+def test_kinks_of_generated_points_are_decided_exactly() -> None:
+    """A grid point is on a kink when the argument of abs vanishes at its exact rational value:
+    0.5 is on the kink of abs(z1 − 1/2); 0.3333333333333333 is not on that of abs(z1 − 1/3)
+    (float64 rounds both arguments to 0)."""
+    refused(spec(decoder=["z1 + 0.3*abs(z1 - 1/2)", "z2"], latents={"grid": [[0, 1, 3], [1, 2, 2]]}),
+            "latents.grid: latent point 3 z0 = (0.5, 1)", "kink of decoder[0]")
+    m = model_from_dict(spec(decoder=["z1 + 0.3*abs(z1 - 1/3)", "z2"], latents={"grid": [[0, 1, 4], [1, 2, 2]]}))
+    assert len(m.points) == 8
+    refused(spec(prior="laplace(0.5, 1)", latents={"grid": [[-1, 1, 5], [0, 1, 3]]}), "latent point 2", "laplace prior of z2")
+
+
+def test_one_hundred_thousand_points_are_parsed_and_checked_quickly() -> None:
+    """10^5 drawn points are generated and checked (vectorized, in chunks) in seconds."""
+    t0 = time.perf_counter()
+    m = within(30, lambda: model_from_dict(spec(prior="logistic", latents={"sample": 100_000})))
+    assert len(m.points) == 100_000 and time.perf_counter() - t0 < 15

@@ -77,6 +77,7 @@ from .quadrature import LOG_2PI, UNIT_ROUNDOFF
 Tensor = torch.Tensor
 
 __all__ = [
+    "NonPositiveSumError",
     "elbo_star_sparse",
     "log_marginal_sparse",
     "sparse_levels",
@@ -94,6 +95,14 @@ MAX_ELBO_NODES = 1_000_000
 MAX_LOGP_NODES = 10_000_000
 #: Largest node chunk (larger chunks gain nothing).
 MAX_CHUNK = 1 << 16
+#: Largest chunk of per-node Hessians, in Hessian entries (c·d² ≤ this: larger chunks only run slower).
+MAX_HESS_ENTRIES = 1 << 21
+
+
+class NonPositiveSumError(ConvergenceError):
+    """The signed sparse-grid sum for log p was not positive at enough levels to state an error:
+    the posterior is too far from its Laplace approximation for this rule (fall back to importance
+    sampling)."""
 
 
 def sparse_levels(d: int, max_nodes: int, start: int = 1) -> list[int]:
@@ -364,6 +373,7 @@ class _ElboSums:
 
         node_hess = vmap(vmap(jacrev(g_aux, has_aux=True), in_dims=(0, None, None)))
         group, chunk = _plan(self.fp.hess, B, self.budget, "ELBO* (sparse grid)", self.N)
+        chunk = max(1, min(chunk, MAX_HESS_ENTRIES // (d * d)))
         for g0 in range(0, B, group):
             sl = slice(g0, g0 + group)
             for xi, w in self.chunks(chunk):
@@ -671,8 +681,9 @@ def log_marginal_sparse(
     ``tol``·max(1, |value|) + rounding.  A level whose signed sum I₊ − I₋ is not positive is
     dropped (``diagnostics["nonpositive_levels"]``, ``converged`` False unless three positive
     levels later agree).  Raises ConvergenceError when a kink of the prior lies in the
-    posterior's bulk (no Gauss–Hermite rule converges there) or when no level gives a positive
-    sum.  Returns an :class:`Estimate`, method ``"sparse_grid"``, ``diagnostics`` with
+    posterior's bulk (no Gauss–Hermite rule converges there), and :class:`NonPositiveSumError` (a
+    ConvergenceError) when fewer than two levels give a positive sum: the caller falls back to
+    importance sampling.  Returns an :class:`Estimate`, method ``"sparse_grid"``, ``diagnostics`` with
     ``levels``, ``nodes``, ``level_values``, ``converged``, ``modes``, ``n_modes``,
     ``nonpositive_levels``, ``cancellation`` ((I₊ + I₋)/(I₊ − I₋) at the last level), ``reduced``.
     """
@@ -708,12 +719,12 @@ def log_marginal_sparse(
             break
     bar.close()
     if not vals:
-        raise ConvergenceError(f"log p (sparse grid): the signed cubature sum was not positive at any level {levels} "
+        raise NonPositiveSumError(f"log p (sparse grid): the signed cubature sum was not positive at any level {levels} "
                                "(the posterior is far from its Laplace approximation); use importance sampling")
     noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
     err, conv = level_error(vals, _tol_abs(tol, vals[-1], noise))
     if not math.isfinite(err):  # a single positive level: no difference to state
-        raise ConvergenceError(f"log p (sparse grid): only level(s) {used} gave a positive signed sum (levels {bad} did "
+        raise NonPositiveSumError(f"log p (sparse grid): only level(s) {used} gave a positive signed sum (levels {bad} did "
                                "not); no error can be stated; use importance sampling")
     info: dict[str, Any] = {
         "levels": used,

@@ -42,11 +42,11 @@ enters the error.
 Error estimates (both estimators).  With values v_1, v_2, … at successive levels and δ_j their
 differences, the error of the last value is max(δ_last, δ_prev) — a single difference can be
 accidentally small when the level-to-level error changes sign, and sparse grids of successive
-levels often alternate — and no less than the geometric tail δ_last·r/(1 − r), r = δ_last/δ_prev,
-when the differences shrink slowly (r > ½).  The result is ``converged`` when that error is
-≤ tol·max(1, |v|) + the rounding bound, which needs at least three levels; when the budget of
-nodes (``max_nodes``) runs out first, ``converged`` is False and the error stays what the
-differences say (at least the largest difference seen when they do not shrink).  Added:
+levels often alternate.  The result is ``converged`` when that error is ≤ tol·max(1, |v|) + twice
+the rounding bound, which needs at least three levels.  When the budget of nodes (``max_nodes``)
+runs out first, ``converged`` is False and the error is raised to the geometric tail
+δ_last·r/(1 − r), r = δ_last/δ_prev, when the differences shrink slowly (r > ½), and to the
+largest difference seen when they do not shrink (:func:`level_error`).  Added:
 Newton decrement (ELBO*), :func:`numerics.posterior.rounding_bound`, the rounding of the signed
 sum 4u·Σ|w_i φ_i| (the sparse weights sum to 1 but their absolute values to up to ~10⁴), and
 :func:`numerics.posterior.value_rounding`.
@@ -121,10 +121,14 @@ def sparse_levels(d: int, max_nodes: int, start: int = 1) -> list[int]:
 
 
 def level_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
-    """(error, converged) of a sequence of values at successive sparse-grid levels (module doc):
+    """(error, converged) of a sequence of values at successive sparse-grid levels (module doc).
+
+    With δ the level-to-level differences: converged (at least three values) when
+    max(δ_last, δ_prev) ≤ ``tol_abs``, with that as the error — differences at that size may
+    fluctuate (rounding), so their ratio is not used.  Otherwise not converged, and the error is
     max(δ_last, δ_prev), raised to the geometric tail δ_last·r/(1 − r) when r = δ_last/δ_prev > ½,
-    to the largest difference seen when the differences do not shrink (r ≥ 1); converged iff the
-    error is ≤ ``tol_abs`` and at least three values are given.  ``inf`` with fewer than two."""
+    and to the largest difference seen when the differences do not shrink (r ≥ 1).  ``inf`` with
+    fewer than two values; with two, the one difference, never converged."""
     if len(values) < 2:
         return math.inf, False
     diffs = [abs(b - a) for a, b in zip(values, values[1:])]
@@ -135,12 +139,14 @@ def level_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
         return last, False
     prev = diffs[-2]
     err = max(last, prev)
-    r = last / prev if prev > 0 else (0.0 if last == 0 else math.inf)
+    if err <= tol_abs:
+        return err, True
+    r = last / prev if prev > 0 else math.inf
     if r >= 1:
         err = max(diffs)
     elif r > 0.5:
         err = max(err, last * r / (1 - r))
-    return err, err <= tol_abs
+    return err, False
 
 
 def _tol_abs(tol: float, value: float, rounding: float) -> float:

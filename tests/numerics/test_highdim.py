@@ -54,8 +54,11 @@ def test_level_error_rule() -> None:
     err, conv = level_error([1.0, 1.0 + 1e-9, 1.0 + 1e-9 + 1e-14], 1e-8)
     assert err == pytest.approx(1e-9, rel=1e-6) and conv
     # slow geometric convergence (r = 0.9): the tail 0.9/(1 − 0.9) times the last difference
-    err, conv = level_error([0.0, 1.0, 1.9], 1.0)
+    err, conv = level_error([0.0, 1.0, 1.9], 0.5)
     assert err == pytest.approx(0.9 * 0.9 / 0.1) and not conv
+    # differences at the rounding floor may grow: converged on their size, not their ratio
+    err, conv = level_error([1.0, 1.0 + 4e-8, 1.0 + 4e-8 + 4e-13, 1.0 + 4e-8 - 5e-13], 1e-11)
+    assert conv and err == pytest.approx(9e-13, rel=1e-2)
     # growing differences: the largest one
     assert level_error([0.0, 0.1, 0.4], 1e-3) == (pytest.approx(0.3), False)
     # two values state a difference but never convergence; one value states nothing

@@ -21,6 +21,7 @@ from numerics.blockmodels import block_model
 from numerics.cubature import sparse_rule
 from numerics.elbo import elbo_star
 from numerics.highdim import NonPositiveSumError, _ElboSums, elbo_star_sparse, level_error, log_marginal_sparse, sparse_levels
+from numerics.jacobian import c_ima_from_jacobian, jacobian
 from numerics.models import CallableDecoder, GaussianPrior1D, LaplacePrior1D, LogisticPrior1D, MLPDecoder, Model, ModelError, Prior
 from numerics.posterior import find_modes, log_marginal_gh
 from numerics.sweep import evaluate_points
@@ -59,8 +60,9 @@ def test_level_error_rule() -> None:
     # differences at the rounding floor may grow: converged on their size, not their ratio
     err, conv = level_error([1.0, 1.0 + 4e-8, 1.0 + 4e-8 + 4e-13, 1.0 + 4e-8 - 5e-13], 1e-11)
     assert conv and err == pytest.approx(9e-13, rel=1e-2)
-    # growing differences: the largest one
+    # growing differences: the largest of the last four
     assert level_error([0.0, 0.1, 0.4], 1e-3) == (pytest.approx(0.3), False)
+    assert level_error([0.0, 1.0, 1.1, 1.11, 1.111, 1.1111, 1.1115], 1e-6) == (pytest.approx(0.01), False)
     # two values state a difference but never convergence; one value states nothing
     assert level_error([1.0, 1.0], 1.0) == (0.0, False)
     assert level_error([1.0], 1.0) == (math.inf, False)
@@ -286,3 +288,20 @@ def test_nonpositive_signed_sum_detected() -> None:
     assert not est.diagnostics["converged"]
     with pytest.raises(NonPositiveSumError, match="importance sampling"):
         log_marginal_sparse(model, dataclasses.replace(pm, chol=pm.chol * 0.1), levels=[1, 2, 3, 4])
+
+
+def test_block_model_embedding_n_greater_than_d() -> None:
+    """n = 7 > d = 4: the reduced values (the divergent (n−d)/2·log(γ²/2π) removed) are still the
+    block sums, and c_IMA adds up over blocks."""
+    bm = block_model(4, seed=3, n=7)
+    z0 = torch.tensor([0.5, -0.2, -0.7, 0.3], dtype=F64)
+    gamma2 = 1e4
+    lp_ref, el_ref, lp_err, el_err, _ = _block_reference(bm, z0, gamma2)
+    posts = _posts(bm.full, z0, [gamma2])
+    es = elbo_star_sparse(bm.full, posts)[0]
+    ls = log_marginal_sparse(bm.full, posts[0])
+    assert abs(es.value - el_ref) <= es.error + el_err and es.error < 1e-9
+    assert abs(ls.value - lp_ref) <= ls.error + lp_err and ls.error < 1e-9
+    c_full = float(c_ima_from_jacobian(jacobian(bm.full.decoder, z0[None])[0]))
+    c_blocks = sum(float(c_ima_from_jacobian(jacobian(m.decoder, zb[None])[0])) for m, zb in zip(bm.blocks, bm.split(z0)))
+    assert c_full == pytest.approx(c_blocks, abs=1e-12) and c_blocks > 0.05

@@ -49,9 +49,9 @@ that error is ≤ tol·max(1, |v|) + twice the rounding bound, which needs at le
 When the budget of nodes (``max_nodes``) runs out first, or further levels are futile
 (:func:`futile`), ``converged`` is False, and the error is what the differences say (the
 largest of the last four when they do not shrink).  Added:
-Newton decrement (ELBO*), :func:`numerics.posterior.rounding_bound`, the rounding of the signed
-sum 4u·Σ|w_i φ_i| (the sparse weights sum to 1 but their absolute values to up to ~10⁴), and
-:func:`numerics.posterior.value_rounding`.
+Newton decrement (ELBO*), the rounding of the signed sum — :func:`numerics.posterior.rounding_bound`
+(per node) times Σ_i|w_i| plus 4u·Σ_i|w_i φ_i| (the sparse weights sum to 1 but their absolute
+values to up to ~10⁴: d = 30, level 4) — and :func:`numerics.posterior.value_rounding`.
 
 Memory.  Every node sum runs over chunks of at most c nodes × g items, sized so that the
 transient tensors (estimated from the bytes the decoder's autograd graph saves per node,
@@ -69,7 +69,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.func import grad, jacrev, vmap
 
-from .cubature import MAX_LEVEL, iter_rule, rule_size
+from .cubature import MAX_LEVEL, abs_weight_sum, iter_rule, rule_size
 from .estimate import Estimate
 from .models import Model, ModelError, Prior1D
 from .optimize import ConvergenceError
@@ -338,33 +338,31 @@ class _ElboSums:
 
     # -- batched passes -------------------------------------------------------------------
     def value(self, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor, with_abs: bool = False):
-        """ELBO_red for items (B,); with ``with_abs`` also Σ_i |w_i φ_i| (B,) (rounding)."""
+        """ELBO_red for items (B,); with ``with_abs`` also Σ_i |w_i φ_i| (B,) (rounding).  Both
+        are computed in every pass (the absolute sum costs one more reduction) and cached for the
+        last batch of inputs, which Newton evaluates again and again."""
         key = (params, x, eps, mub)
-        if not with_abs:
-            hit = self._cached("value", key)
-            if hit is not None:
-                return hit
-        self.evaluations["value"] += 1
-        d, B = self.d, params.shape[0]
-        mu, sd, tau = self._split(params, eps, mub, d)
-        Q = torch.zeros(B, dtype=params.dtype, device=params.device)
-        A = torch.zeros_like(Q)
-        group, chunk = _plan(self.fp.value, B, self.budget, "ELBO* (sparse grid)", self.N)
-        for g0 in range(0, B, group):
-            sl = slice(g0, g0 + group)
-            for xi, w in self.chunks(chunk):
-                z = mu[sl, None, :] + sd[sl, None, :] * xi[None]
-                phi = self._phi_batch(z, x[sl], eps[sl])
-                Q[sl] += phi @ w
-                if with_abs:
+        hit = self._cached("value", key)
+        if hit is None:
+            self.evaluations["value"] += 1
+            d, B = self.d, params.shape[0]
+            mu, sd, tau = self._split(params, eps, mub, d)
+            Q = torch.zeros(B, dtype=params.dtype, device=params.device)
+            A = torch.zeros_like(Q)
+            group, chunk = _plan(self.fp.value, B, self.budget, "ELBO* (sparse grid)", self.N)
+            for g0 in range(0, B, group):
+                sl = slice(g0, g0 + group)
+                for xi, w in self.chunks(chunk):
+                    z = mu[sl, None, :] + sd[sl, None, :] * xi[None]
+                    phi = self._phi_batch(z, x[sl], eps[sl])
+                    Q[sl] += phi @ w
                     A[sl] += phi.abs() @ w.abs()
-        val = 0.5 * d + 0.5 * tau.sum(-1) + Q
-        if self.closed:
-            val = val + vmap(self._closed)(params, eps, mub)
-        if with_abs:
-            return val, A
-        self._cache["value"] = (tuple(t.clone() for t in key), val)
-        return val
+            val = 0.5 * d + 0.5 * tau.sum(-1) + Q
+            if self.closed:
+                val = val + vmap(self._closed)(params, eps, mub)
+            hit = (val, A)
+            self._cache["value"] = (tuple(t.clone() for t in key), hit)
+        return hit if with_abs else hit[0]
 
     def gradient(self, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor) -> Tensor:
         key = (params, x, eps, mub)
@@ -635,7 +633,8 @@ def elbo_star_sparse(
         args = (Xb[idx], Eb[idx], Mb[idx])
         with torch.no_grad():
             _, absum = sums.value(params[idx], *args, with_abs=True)
-        nz = rb[idx] + 4 * UNIT_ROUNDOFF * absum
+        wabs = abs_weight_sum(d, L)
+        nz = rb[idx] * wabs + 4 * UNIT_ROUNDOFF * absum
         res = newton_robust(sums.objective(), params[idx], args, max_iter=max_iter, tol=1e-20, value_noise=nz)
         bad = ~res.converged
         if bool(bad.any()):
@@ -649,7 +648,7 @@ def elbo_star_sparse(
             v = float(res.value[j])
             history[i].append(v)
             used_levels[i].append(L)
-            noise[i] = 4 * UNIT_ROUNDOFF * float(absum[j])
+            noise[i] = float(rb[i]) * (wabs - 1) + 4 * UNIT_ROUNDOFF * float(absum[j])
             dec[i] = res.decrement[j]
             gnorm[i] = torch.linalg.vector_norm(res.grad[j])
             tol_i = _tol_abs(tol, v, float(rb[i]) + float(noise[i]))

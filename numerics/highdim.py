@@ -123,7 +123,8 @@ def sparse_levels(d: int, max_nodes: int, start: int = 1) -> list[int]:
     return levels
 
 
-def level_error(values: list[float], tol_abs: float, levels: list[int] | None = None) -> tuple[float, bool]:
+def level_error(values: list[float], tol_abs: float, levels: list[int] | None = None,
+                floor: float = 0.0) -> tuple[float, bool]:
     """(error, converged) of a sequence of values at successive sparse-grid levels (module doc).
 
     With δ the level-to-level differences, the error is E = max(δ_last, δ_prev) and, when the
@@ -134,7 +135,8 @@ def level_error(values: list[float], tol_abs: float, levels: list[int] | None = 
     sub-geometrically for integrands analytic only in a strip (tanh, logistic priors: the error
     falls like exp(−c√m)), so the geometric tail alone understates the error of a slowly converging
     sequence; for a fast one (p large) the algebraic tail is below δ_last and changes nothing.
-    Converged (at least three values) when E ≤ ``tol_abs``.  Otherwise, when the differences do
+    Differences at or below ``floor`` (the rounding of a difference) are noise: no tail is
+    extrapolated from them.  Converged (at least three values) when E ≤ ``tol_abs``.  Otherwise, when the differences do
     not shrink (r ≥ 1), E is raised to the largest of the last four differences (the recent
     amplitude of the oscillation; the first, coarse levels say nothing about the last).  ``inf``
     with fewer than two values; with two, the one difference, never converged."""
@@ -150,7 +152,7 @@ def level_error(values: list[float], tol_abs: float, levels: list[int] | None = 
     err = max(last, prev)
     lv = list(levels) if levels is not None else list(range(1, len(values) + 1))
     r = last / prev if prev > 0 else math.inf
-    if r < 1:
+    if r < 1 and last > floor:
         if r > 0:
             p = max(1.5, math.log(prev / last) / math.log(lv[-1] / lv[-2]))
             err = max(err, last * lv[-1] / (p - 1))
@@ -651,8 +653,9 @@ def elbo_star_sparse(
             noise[i] = float(rb[i]) * (wabs - 1) + 4 * UNIT_ROUNDOFF * float(absum[j])
             dec[i] = res.decrement[j]
             gnorm[i] = torch.linalg.vector_norm(res.grad[j])
-            tol_i = _tol_abs(tol, v, float(rb[i]) + float(noise[i]))
-            _, conv = level_error(history[i], tol_i, used_levels[i])
+            rnd = float(rb[i]) + float(noise[i])
+            tol_i = _tol_abs(tol, v, rnd)
+            _, conv = level_error(history[i], tol_i, used_levels[i], 2 * rnd)
             if not conv and not (stop_futile and futile(history[i], tol_i, len(levels) - 1 - levels.index(L))):
                 still.append(i)
         active = still
@@ -668,7 +671,7 @@ def elbo_star_sparse(
         mu = Mb[best] + math.sqrt(pm.eps) * a
         sv = pm.eps * torch.exp(tau)
         rbb, nzb, dv = float(rb[best]), float(noise[best]), float(dec[best])
-        err, conv = level_error(history[best], _tol_abs(tol, v, rbb + nzb), used_levels[best])
+        err, conv = level_error(history[best], _tol_abs(tol, v, rbb + nzb), used_levels[best], 2 * (rbb + nzb))
         diag = {
             "grad_norm": float(gnorm[best]),
             "newton_decrement": dv,
@@ -761,14 +764,14 @@ def log_marginal_sparse(
         used.append(L)
         noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
         tol_v = _tol_abs(tol, v, noise)
-        if level_error(vals, tol_v, used)[1] or (stop_futile and futile(vals, tol_v, len(levels) - 1 - levels.index(L))):
+        if level_error(vals, tol_v, used, 2 * noise)[1] or (stop_futile and futile(vals, tol_v, len(levels) - 1 - levels.index(L))):
             break
     bar.close()
     if not vals:
         raise NonPositiveSumError(f"log p (sparse grid): the signed cubature sum was not positive at any level {levels} "
                                "(the posterior is far from its Laplace approximation); use importance sampling")
     noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
-    err, conv = level_error(vals, _tol_abs(tol, vals[-1], noise), used)
+    err, conv = level_error(vals, _tol_abs(tol, vals[-1], noise), used, 2 * noise)
     if not math.isfinite(err):  # a single positive level: no difference to state
         raise NonPositiveSumError(f"log p (sparse grid): only level(s) {used} gave a positive signed sum (levels {bad} did "
                                "not); no error can be stated; use importance sampling")

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .runtime import UserError, default_threads, torch_threads
 
-__all__ = ["Cluster", "ClusterError", "SpecSource", "SpecSweep", "run_claims", "claim_tasks", "INSTALL_HINT"]
+__all__ = ["Cluster", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "run_claims", "claim_tasks", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'gapcheck[dask]'"
 
@@ -98,16 +98,17 @@ def open_client(cluster: Cluster) -> Iterator[Any]:
     client = None
     try:
         if cluster.workers:
-            # processes, one thread each (a task sets torch's threads itself); no dashboard (no port
-            # to clash), no memory limit (the nanny would kill a worker the serial run lets live);
+            # processes, one thread each (a task sets torch's threads itself); no dashboard, and the
+            # scheduler's HTTP server on a free port of this host only (no clash); no memory limit (the nanny would kill a worker the serial run lets live);
             # without Dask's MALLOC_TRIM_THRESHOLD_ (see SLOW_MALLOC)
             import dask
 
             saved = dict(os.environ)
             try:
                 with dask.config.set({f"distributed.nanny.pre-spawn-environ.{SLOW_MALLOC}": None}):
-                    local = dist.LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=True,
-                                              dashboard_address=None, silence_logs=logging.ERROR, memory_limit=0)
+                    local = dist.LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                              dashboard_address=None, silence_logs=logging.ERROR, memory_limit=0,
+                                              scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
             except Exception as exc:  # noqa: BLE001 (Dask raises RuntimeError, OSError, TimeoutError, ...)
                 raise ClusterError(f"could not start a local Dask cluster of {cluster.workers} workers "
                                    f"({type(exc).__name__}: {exc}); a Python script that asks for workers must call "
@@ -226,6 +227,9 @@ class SpecSource:
 
         path = Path(path)
         shown = str(path) if str(path).isprintable() else ascii(str(path))
+        if path.exists() and not path.is_file():
+            raise SpecError(f"{shown}: not a regular file; with --workers or --scheduler each spec file is read again "
+                            "to send its text to the workers, so a pipe cannot be used")
         try:
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_SPEC_BYTES + 1)
@@ -370,14 +374,28 @@ def _warn_versions(workers: Sequence[Mapping[str, str]]) -> None:
     trimmed = sorted({w["host"] for w in workers if w.get("malloc_trim")})
     if trimmed:
         print(f"gapcheck: note: Dask workers on {', '.join(trimmed)} run with {SLOW_MALLOC} set (Dask's default), which "
-              f"makes large torch work up to 3x slower; start them with DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__{SLOW_MALLOC}=None "
-              "(docs/distributed.md)", file=sys.stderr)
+              f"makes large torch work up to 3x slower; start them with "
+              f"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{{'{SLOW_MALLOC}': None}}\" (docs/distributed.md)", file=sys.stderr)
 
 
 def _bar(total: int, desc: str, unit: str, progress: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress, leave=False)
+
+
+def plan_points(points: Sequence[int], chunk: int, workers: int) -> list[tuple[int, int, int]]:
+    """The tasks of a sweep whose specs have ``points[i]`` latent points: (spec, start, stop),
+    each a run of whole ``chunk``-point chunks of one spec (the batches evaluate_spec forms, so
+    the numbers are the serial run's), about four tasks per worker over the sweep and at most
+    16 chunks per task (for the progress bar and streaming); a spec without points is one task
+    (which reports the spec's error as the serial run does)."""
+    per_task = max(1, min(16, math.ceil(sum(math.ceil(n / chunk) for n in points) / (4 * max(1, workers)))))
+    step = per_task * chunk
+    plan: list[tuple[int, int, int]] = []
+    for s, n in enumerate(points):
+        plan += [(s, a, min(n, a + step)) for a in range(0, n, step)] or [(s, 0, 0)]
+    return plan
 
 
 class SpecSweep:
@@ -403,7 +421,7 @@ class SpecSweep:
         self._stack = contextlib.ExitStack()
         try:
             client = self._stack.enter_context(open_client(cluster))
-            self._plan = self._split(_n_workers(client))
+            self._plan = plan_points([len(sym.points) for _, sym in self._specs], self._chunk, _n_workers(client))
             tasks = [{"spec": dataclasses.asdict(self._specs[s][0]), "start": a, "stop": b, "options": self._options,
                       "threads": default_threads()} for s, a, b in self._plan]
             bar = self._stack.enter_context(_bar(sum(b - a for _, a, b in self._plan), "evaluate", "point", progress))
@@ -412,18 +430,6 @@ class SpecSweep:
         except BaseException:
             self._stack.close()
             raise
-
-    def _split(self, workers: int) -> list[tuple[int, int, int]]:
-        """(spec, start, stop) tasks: each spec's points in runs of whole chunks, about four
-        tasks per worker over the sweep, and at most 16 chunks per task (progress, streaming)."""
-        chunks = [math.ceil(len(sym.points) / self._chunk) for _, sym in self._specs]
-        per_task = max(1, min(16, math.ceil(sum(chunks) / (4 * workers))))
-        plan = []
-        for s, (_, sym) in enumerate(self._specs):
-            n = len(sym.points)
-            step = per_task * self._chunk
-            plan += [(s, a, min(n, a + step)) for a in range(0, n, step)] or [(s, 0, 0)]
-        return plan
 
     def next_result(self, on_result: Callable[[Any], None] | None = None) -> Any:
         """The Evaluation of the next spec (in the order given), as :meth:`result`."""

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import threading
+import time
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .runtime import UserError, default_threads, torch_threads
 
-__all__ = ["Cluster", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "run_claims", "claim_tasks", "INSTALL_HINT"]
+__all__ = ["Cluster", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "plan_predictions", "run_claims", "claim_tasks", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'gapcheck[dask]'"
 
@@ -105,7 +106,8 @@ def open_client(cluster: Cluster) -> Iterator[Any]:
 
             saved = dict(os.environ)
             try:
-                with dask.config.set({f"distributed.nanny.pre-spawn-environ.{SLOW_MALLOC}": None}):
+                with dask.config.set({f"distributed.nanny.pre-spawn-environ.{SLOW_MALLOC}": None,
+                                      "distributed.worker.profile.enabled": False}):  # no stack sampling every 10 ms
                     local = dist.LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                               dashboard_address=None, silence_logs=logging.ERROR, memory_limit=0,
                                               scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
@@ -268,6 +270,30 @@ def _evaluate_task(task: Mapping[str, Any]) -> dict[str, Any]:
             return {"error": _error_record(exc)}
 
 
+def _predict_task(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The symbolic predictions at points ``start:stop`` of a spec, in a worker: the serial
+    run's :func:`proofs_check.evaluation.attach_predictions` itself, on stand-ins for the
+    results that carry only the latent point (with the prior's log normalizer, as
+    evaluate_spec computes it)."""
+    with _TASK_LOCK:
+        try:
+            from types import SimpleNamespace
+
+            from .bridge import log_normalizers, numeric_model
+            from .evaluation import attach_predictions
+
+            t0 = time.perf_counter()
+            sym = SpecSource(**task["spec"]).load()
+            part = dataclasses.replace(sym, points=tuple(sym.points[task["start"]:task["stop"]]))
+            with torch_threads(task["threads"]):
+                log_norm = sum(log_normalizers(numeric_model(part)))
+                stand_ins = [SimpleNamespace(latent=[float(v) for v in p], prediction=None) for p in part.points]
+                attach_predictions(part, stand_ins, log_normalizer=log_norm)  # type: ignore[arg-type]
+            return {"predictions": [r.prediction for r in stand_ins], "seconds": time.perf_counter() - t0, "worker": _worker_info()}
+        except Exception as exc:
+            return {"error": _error_record(exc)}
+
+
 #: The verification context of the run a worker process is part of: (run key, Context, keys
 #: already sent back).  Claims of one run on one worker share its cache, as in the serial run.
 _RUN: dict[str, Any] = {}
@@ -310,15 +336,19 @@ def _forget_run(key: str) -> None:
 # ----------------------------------------------------------------------------------------
 
 
+TaskFn = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
 class _Tasks:
     """Tasks submitted at once, answered in submission order: ``get(i)`` waits until task ``i``
     is done (updating the progress bar as any task finishes) and returns its answer."""
 
-    def __init__(self, client: Any, fn: Callable[[Mapping[str, Any]], dict[str, Any]], tasks: Sequence[Mapping[str, Any]],
+    def __init__(self, client: Any, fn: TaskFn | Sequence[TaskFn], tasks: Sequence[Mapping[str, Any]],
                  weights: Sequence[int], bar: Any, priorities: Sequence[float] | None = None, label: str = "task") -> None:
         dist = _import_distributed()
         tag = uuid.uuid4().hex[:12]
-        self._futures = [client.submit(fn, t, key=f"gapcheck-{label}-{tag}-{i}", pure=False,
+        fns = list(fn) if isinstance(fn, Sequence) else [fn] * len(tasks)
+        self._futures = [client.submit(fns[i], t, key=f"gapcheck-{label}-{tag}-{i}", pure=False,
                                        priority=0 if priorities is None else priorities[i])
                          for i, t in enumerate(tasks)]
         self._index = {f.key: i for i, f in enumerate(self._futures)}
@@ -398,13 +428,39 @@ def plan_points(points: Sequence[int], chunk: int, workers: int) -> list[tuple[i
     return plan
 
 
+def plan_predictions(numbers: Sequence[tuple[int, int, int]], workers: int) -> list[tuple[int, int, int]]:
+    """The symbolic-prediction tasks (theory.expansions, one sympy expansion per point, often
+    the larger part of the cost) of a sweep whose numeric tasks are ``numbers``: each numeric
+    task's points cut into runs of at most 64 (about four tasks per worker over the sweep).
+    Predictions of different points are independent, so any cut gives the serial numbers."""
+    total = sum(b - a for _, a, b in numbers)
+    per_task = max(1, min(64, math.ceil(total / (4 * max(1, workers)))))
+    return [(s, p, min(b, p + per_task)) for s, a, b in numbers for p in range(a, b, per_task)]
+
+
+def set_predictions(sym: Any, results: Sequence[Any], runs: Sequence[tuple[int, int, Sequence[Any]]]) -> None:
+    """Give each result the prediction of its latent point: ``runs`` holds (start, stop, the
+    predictions at ``sym.points[start:stop]``) from :func:`_predict_task`; results are matched by
+    point as attach_predictions matches them (the same dict for every γ² of a point)."""
+    preds: dict[tuple[float, ...], Any] = {}
+    for a, b, values in runs:
+        for point, pred in zip(sym.points[a:b], values):
+            preds.setdefault(tuple(float(v) for v in point), pred)
+    for r in results:
+        r.prediction = preds[tuple(r.latent)]
+
+
 class SpecSweep:
     """`gapcheck evaluate` of several specs on a cluster.  ``result(i, on_result)`` (or
     ``next_result(on_result)``, for the specs in turn) returns the
     :class:`~proofs_check.evaluation.Evaluation` of spec ``i`` once its tasks are done, calling
     ``on_result`` with each of its results in the serial order; all tasks are submitted at
     construction, so later specs compute while earlier ones are read.  Use as a context
-    manager (it owns the client, and a local cluster)."""
+    manager (it owns the client, and a local cluster).
+
+    The numbers (numerics.sweep) of whole point chunks and the symbolic predictions of runs of
+    points are separate tasks; a spec's results get their predictions here, keyed by latent
+    point as :func:`proofs_check.evaluation.attach_predictions` does."""
 
     def __init__(self, specs: Sequence[tuple[SpecSource, Any]], options: Mapping[str, Any], cluster: Cluster,
                  progress: bool = False) -> None:
@@ -412,20 +468,30 @@ class SpecSweep:
 
         self._specs = list(specs)
         self._next = 0
-        self._options = dict(options)
-        self._chunk = int(self._options.setdefault("chunk", POINT_CHUNK))
+        options = dict(options)
+        self._chunk = int(options.setdefault("chunk", POINT_CHUNK))
         if self._chunk < 1:
             raise ValueError("chunk must be >= 1")
-        self._options["progress"] = False
-        self._options.pop("on_result", None)
+        self._predict = bool(options.pop("predictions", True))
+        options.update(progress=False, predictions=False)
+        options.pop("on_result", None)
         self._stack = contextlib.ExitStack()
         try:
             client = self._stack.enter_context(open_client(cluster))
-            self._plan = plan_points([len(sym.points) for _, sym in self._specs], self._chunk, _n_workers(client))
-            tasks = [{"spec": dataclasses.asdict(self._specs[s][0]), "start": a, "stop": b, "options": self._options,
-                      "threads": default_threads()} for s, a, b in self._plan]
-            bar = self._stack.enter_context(_bar(sum(b - a for _, a, b in self._plan), "evaluate", "point", progress))
-            self._tasks = _Tasks(client, _evaluate_task, tasks, [b - a for _, a, b in self._plan], bar, label="evaluate")
+            workers = _n_workers(client)
+            numbers = plan_points([len(sym.points) for _, sym in self._specs], self._chunk, workers)
+            predictions = plan_predictions(numbers, workers) if self._predict else []
+            # per spec: its numeric tasks, then its prediction tasks (the serial order of the work)
+            self._plan = sorted([(s, 0, a, b) for s, a, b in numbers] + [(s, 1, a, b) for s, a, b in predictions])
+            tasks = []
+            for s, kind, a, b in self._plan:
+                task = {"spec": dataclasses.asdict(self._specs[s][0]), "start": a, "stop": b, "threads": default_threads()}
+                tasks.append({**task, "options": options} if kind == 0 else task)
+            weights = [b - a for _, _, a, b in self._plan]
+            desc = "evaluate (numbers, predictions)" if self._predict else "evaluate"
+            bar = self._stack.enter_context(_bar(sum(weights), desc, "point", progress))
+            fns = [_evaluate_task if kind == 0 else _predict_task for _, kind, _, _ in self._plan]
+            self._tasks = _Tasks(client, fns, tasks, weights, bar, label="evaluate")
             self._stack.callback(self._tasks.cancel)
         except BaseException:
             self._stack.close()
@@ -441,22 +507,29 @@ class SpecSweep:
     def result(self, i: int, on_result: Callable[[Any], None] | None = None) -> Any:
         from .evaluation import Evaluation
 
+        sym = self._specs[i][1]
         results: list[Any] = []
         seconds = 0.0
         device = ""
-        for t, (s, _, _) in enumerate(self._plan):
-            if s != i:
+        mine = [(t, kind, a, b) for t, (s, kind, a, b) in enumerate(self._plan) if s == i]
+        for t, kind, a, b in mine:
+            if kind != 0:
                 continue
-            ans = self._tasks.get(t)
-            for r in ans["results"]:
-                if on_result is not None:
-                    on_result(r)
-            results += ans["results"]
+            ans = self._tasks.get(t)  # the numbers first: their error is the one the serial run meets first
+            part = ans["results"]
             seconds += ans["seconds"]
             device = device or ans["device"]
+            if self._predict:
+                runs = [(pa, pb, self._tasks.get(u)) for u, kind_u, pa, pb in mine if kind_u == 1 and a <= pa < b]
+                seconds += sum(ans["seconds"] for _, _, ans in runs)
+                set_predictions(sym, part, [(pa, pb, ans["predictions"]) for pa, pb, ans in runs])
+            for r in part:
+                if on_result is not None:
+                    on_result(r)
+            results += part
         if i == len(self._specs) - 1:
             _warn_versions(self._tasks.workers)
-        return Evaluation(self._specs[i][1], results, seconds, device)
+        return Evaluation(sym, results, seconds, device)
 
     def __enter__(self) -> SpecSweep:
         return self

@@ -86,6 +86,16 @@ def test_whole_chunk_tasks_give_the_serial_numbers_bit_for_bit(tmp_path: Path) -
         got += ans["results"]
     assert [r.to_dict() for r in got] == rows(serial)
     assert got[0].prediction == serial.results[0].prediction is not None
+    # as SpecSweep runs it: the numbers without predictions, the predictions as tasks of their own
+    numbers = dist._evaluate_task({"spec": dataclasses.asdict(source), "start": 0, "stop": 2,
+                                   "options": {"predictions": False, "chunk": 1}, "threads": 1})["results"]
+    assert all(r.prediction is None for r in numbers)
+    runs = []
+    for _, a, b in dist.plan_predictions([(0, 0, 2)], workers=2):
+        runs.append((a, b, dist._predict_task({"spec": dataclasses.asdict(source), "start": a, "stop": b, "threads": 1})["predictions"]))
+    assert [(a, b) for a, b, _ in runs] == [(0, 1), (1, 2)]
+    dist.set_predictions(sym, numbers, runs)
+    assert [r.to_dict() for r in numbers] == rows(serial)
 
 
 def test_plans_cut_whole_chunks_in_order() -> None:

@@ -1,13 +1,14 @@
 """Sweeps on a Dask cluster: `gapcheck evaluate SPEC... --workers N | --scheduler ADDRESS` and
 `gapcheck verify --workers N | --scheduler ADDRESS` (docs/distributed.md).
 
-The work is cut into independent tasks — for evaluate one spec, or one run of whole point
+The work is cut into independent tasks — for evaluate the numbers of one run of whole point
 chunks of a spec (the chunks :func:`proofs_check.evaluation.evaluate_spec` evaluates together,
-so every batch, and with it every number, is the serial run's); for verify one claim, or one
-group of claims that share cached sweeps.  A task is plain data (the spec's TOML text or dict,
-the point range, the options; a claim id, mode, seed, device) and names a function of this
-module, never user code; its answer is plain data or gapcheck's own result records
-(:class:`numerics.sweep.PointResult`, the report entry of a claim).  The answers are put back
+so every batch, and with it every number, is the serial run's) and the symbolic predictions of
+a run of points; for verify one claim, or one group of claims that share cached sweeps.  A task
+is plain data (the spec's TOML text or dict, the point range, the options; claim ids, mode,
+seed, device) and names a function of this module, never user code; its answer is plain data
+or gapcheck's own result records (:class:`numerics.sweep.PointResult`, the report entry of a
+claim).  The answers are put back
 in the serial order, so the table, JSON and JSON Lines output are those of the serial run,
 bit for bit on CPU (with the same torch and gapcheck on every worker).
 
@@ -37,7 +38,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .runtime import UserError, default_threads, torch_threads
 
-__all__ = ["Cluster", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "plan_predictions", "run_claims", "claim_tasks", "INSTALL_HINT"]
+__all__ = ["Cluster", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "plan_predictions", "set_predictions", "run_claims",
+           "claim_tasks", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'gapcheck[dask]'"
 
@@ -79,9 +81,6 @@ class Cluster:
             return None
         return cls(workers, scheduler)
 
-    def describe(self) -> str:
-        return f"{self.workers} local worker process{'es' if self.workers != 1 else ''}" if self.workers else f"the Dask scheduler at {self.scheduler}"
-
 
 def _import_distributed() -> Any:
     try:
@@ -100,8 +99,9 @@ def open_client(cluster: Cluster) -> Iterator[Any]:
     try:
         if cluster.workers:
             # processes, one thread each (a task sets torch's threads itself); no dashboard, and the
-            # scheduler's HTTP server on a free port of this host only (no clash); no memory limit (the nanny would kill a worker the serial run lets live);
-            # without Dask's MALLOC_TRIM_THRESHOLD_ (see SLOW_MALLOC)
+            # scheduler's HTTP server on a free port of this host only (no clash); no memory limit
+            # (the nanny would kill a worker the serial run lets live); without Dask's
+            # MALLOC_TRIM_THRESHOLD_ (see SLOW_MALLOC)
             import dask
 
             saved = dict(os.environ)

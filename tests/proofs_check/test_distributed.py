@@ -392,3 +392,15 @@ def test_scheduler_verify_gives_the_serial_report(tmp_path: Path, dask_cluster: 
     assert any(c["evidence"] == "property" for e in r["claims"] for c in e["checks"])
     assert _untimed(r) == _untimed(s)
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(p.name for p in (tmp_path / "s").iterdir())
+
+
+@pytest.mark.slow
+def test_no_scheduler_at_the_address_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(dist, "CONNECT_TIMEOUT", 2.0)
+    spec = write_sweep(tmp_path)[0]
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    assert main(["evaluate", spec, "--scheduler", address, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Dask scheduler at {address}" in err and "Traceback" not in err

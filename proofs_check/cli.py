@@ -97,9 +97,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.samples < 2:
         raise UserError("--samples must be at least 2")
     models = [load_spec(p) for p in specs]  # every spec parsed (and refused) before any computation
-    sweep = _spec_sweep(args, specs, models)  # None: serial; else the specs computing on a Dask cluster
     stream = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None  # noqa: SIM115 (closed below)
+    sweep = None
     try:
+        sweep = _spec_sweep(args, specs, models)  # None: serial; else the specs computing on a Dask cluster
         for path, sym in zip(specs, models):
 
             def emit(r, path=path, sym=sym) -> None:

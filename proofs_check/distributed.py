@@ -431,10 +431,11 @@ def plan_points(points: Sequence[int], chunk: int, workers: int) -> list[tuple[i
 def plan_predictions(numbers: Sequence[tuple[int, int, int]], workers: int) -> list[tuple[int, int, int]]:
     """The symbolic-prediction tasks (theory.expansions, one sympy expansion per point, often
     the larger part of the cost) of a sweep whose numeric tasks are ``numbers``: each numeric
-    task's points cut into runs of at most 64 (about four tasks per worker over the sweep).
+    task's points cut into runs of at most 64 (about eight tasks per worker over the sweep:
+    the cost per point varies tenfold between specs, so small tasks balance the workers).
     Predictions of different points are independent, so any cut gives the serial numbers."""
     total = sum(b - a for _, a, b in numbers)
-    per_task = max(1, min(64, math.ceil(total / (4 * max(1, workers)))))
+    per_task = max(1, min(64, math.ceil(total / (8 * max(1, workers)))))
     return [(s, p, min(b, p + per_task)) for s, a, b in numbers for p in range(a, b, per_task)]
 
 

@@ -57,10 +57,16 @@ def load_spec(spec: str | Path | Mapping[str, Any] | SymbolicModel, name: str | 
 
 
 def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: str = "auto", predictions: bool = True,
-             log_px_method: str = "gh", samples: int = 65536, seed: int = 0,
-             on_result: Callable[[Any], None] | None = None, keep_results: bool = True) -> Evaluation:
+             log_px_method: str = "gh", samples: int = 65536, seed: int = 0, workers: int | None = None,
+             scheduler: str | None = None, on_result: Callable[[Any], None] | None = None,
+             keep_results: bool = True) -> Evaluation:
     """log p_γ(x), ELBO*(x), the gap log p − ELBO* and c_IMA(f, z0) at x = f(z0) for every latent
     point and γ² of the spec, each with its error estimate (`gapcheck evaluate`).
+
+    ``workers=N`` splits the latent points over a local Dask cluster of N processes,
+    ``scheduler="tcp://host:8786"`` over an existing one (docs/distributed.md; the spec is then
+    a path, TOML text or dict, and a script must call this under ``if __name__ == "__main__":``);
+    the numbers are those of the serial run.
 
     Returns an :class:`~proofs_check.evaluation.Evaluation`: ``.results`` (one
     :class:`numerics.sweep.PointResult` per point and γ²), ``.to_dict()`` (the JSON of
@@ -74,9 +80,46 @@ def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: st
         raise SpecError(f"log_px_method must be 'gh' or 'is', got {log_px_method!r}")
     if samples < 2:
         raise SpecError("samples must be at least 2")
+    cluster = _cluster(workers, scheduler)
+    if cluster is not None:
+        from .distributed import SpecSweep
+
+        options = {"device": device, "predictions": predictions, "log_px_method": log_px_method, "is_samples": samples, "seed": seed}
+        with SpecSweep([(_spec_source(spec, sym), sym)], options, cluster) as sweep:
+            return sweep.result(0)
     with torch_threads():
         return evaluate_spec(sym, device=device, predictions=predictions, log_px_method=log_px_method,
                              is_samples=samples, seed=seed, on_result=on_result, keep_results=keep_results)
+
+
+def _cluster(workers: int | None, scheduler: str | None) -> Any:
+    """The Dask cluster of ``workers`` / ``scheduler`` (proofs_check.distributed), or None."""
+    from .distributed import Cluster
+    from .runtime import UserError
+
+    try:
+        return Cluster.from_options(workers, scheduler)
+    except UserError as exc:
+        raise SpecError(str(exc).replace("--workers", "workers").replace("--scheduler", "scheduler")) from None
+
+
+def _spec_source(spec: Any, sym: SymbolicModel) -> Any:
+    """The spec as plain data for Dask workers: the file, the TOML text, or the dict (as JSON)."""
+    import json
+
+    from .distributed import SpecSource
+
+    if isinstance(spec, SymbolicModel):
+        raise SpecError("with workers or scheduler, pass the spec as a path, TOML text or dict: a parsed model is not sent to workers")
+    if isinstance(spec, Mapping):
+        try:
+            data = json.loads(json.dumps(spec, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"with workers or scheduler, a spec dict must hold plain values (str, numbers, lists, dicts): {exc}") from None
+        return SpecSource(data=data, name=sym.name)
+    if isinstance(spec, Path) or ("\n" not in spec and "=" not in spec):
+        return SpecSource.from_path(spec)
+    return SpecSource(text=spec, name="model")
 
 
 @dataclass
@@ -155,19 +198,23 @@ class VerifyReport:
 
 
 def verify(claim_ids: Sequence[str] | None = None, *, mode: str = "default", seed: int = 0, device: str = "auto",
-           out: str | Path | None = None, plots: bool = False, progress: bool = False) -> VerifyReport:
+           out: str | Path | None = None, plots: bool = False, progress: bool = False, workers: int | None = None,
+           scheduler: str | None = None) -> VerifyReport:
     """Check claims (all by default) and their planted faults, as `gapcheck verify`.
 
     ``mode``: "quick", "default" or "full".  With ``out`` the report folder (report.md,
-    report.json, figures if ``plots``) is written as `gapcheck verify --out` does."""
+    report.json, figures if ``plots``) is written as `gapcheck verify --out` does.
+    ``workers=N`` / ``scheduler="tcp://host:8786"`` check the claims in parallel on Dask
+    (docs/distributed.md); the report is the serial one apart from timings."""
     from .verification import check_report_dir, run_verify, write_report
 
     if mode not in ("quick", "default", "full"):
         raise SpecError(f"mode must be 'quick', 'default' or 'full', got {mode!r}")
     if out is not None:
         check_report_dir(Path(out))
+    cluster = _cluster(workers, scheduler)
     with torch_threads():
-        report, ctx = run_verify(claim_ids, mode=mode, seed=seed, device=device, show_progress=progress)
+        report, ctx = run_verify(claim_ids, mode=mode, seed=seed, device=device, show_progress=progress, cluster=cluster)
         figures = write_report(report, ctx, Path(out), plots=plots, progress=progress) if out is not None else []
     return VerifyReport(report, figures)
 

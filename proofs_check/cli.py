@@ -126,7 +126,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             "(--jsonl OUT streams them to a file without keeping them in memory)"
                             + ("; --json holds every row in one document" if args.json else ""))
     stream = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None  # noqa: SIM115 (closed below)
+    sweep = None
     try:
+        sweep = _spec_sweep(args, specs, models)  # None: serial; else the specs computing on a Dask cluster
         for path, sym in zip(specs, models):
             rows = len(sym.points) * max(1, len(sym.gamma2))
             keep = bool(args.json) or stream is None or rows <= TABLE_MAX_ROWS
@@ -148,9 +150,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     stats["skip_reason"] = r.prediction_skipped
 
             big = rows > 64
-            ev = evaluate_spec(sym, device=args.device, predictions=not args.no_prediction, log_px_method=args.log_px_method,
-                               is_samples=args.samples, seed=args.seed, progress=big and not args.no_progress, on_result=emit,
-                               keep_results=keep)
+            if sweep is not None:
+                ev = sweep.next_result(on_result=emit)
+            else:
+                ev = evaluate_spec(sym, **_evaluate_options(args), progress=big and not args.no_progress, on_result=emit,
+                                   keep_results=keep)
             if args.json:
                 text = dumps_json(ev.to_dict())
                 if str(args.json) == "-":
@@ -168,11 +172,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         if stream is not None:
             stream.close()
+        if sweep is not None:
+            sweep.close()
     if args.json:
         print(f"\nJSON written to {args.json}")
     if args.jsonl:
         print(f"JSON Lines written to {args.jsonl}")
     return EXIT_OK
+
+
+def _evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
+    """evaluate_spec's options from `gapcheck evaluate`'s arguments (the serial and the Dask run)."""
+    return {"device": args.device, "predictions": not args.no_prediction, "log_px_method": args.log_px_method,
+            "is_samples": args.samples, "seed": args.seed}
+
+
+def _cluster(args: argparse.Namespace):
+    """The Dask cluster of --workers / --scheduler, or None (serial)."""
+    from .distributed import Cluster
+
+    return Cluster.from_options(getattr(args, "workers", None), getattr(args, "scheduler", None))
+
+
+def _spec_sweep(args: argparse.Namespace, specs: Sequence[Path], models: Sequence[Any]):
+    """With --workers / --scheduler: every spec's tasks submitted to the cluster (distributed.SpecSweep)."""
+    cluster = _cluster(args)
+    if cluster is None:
+        return None
+    from .distributed import SpecSource, SpecSweep
+
+    return SpecSweep([(SpecSource.from_path(p), m) for p, m in zip(specs, models)], _evaluate_options(args), cluster,
+                     progress=not args.no_progress)
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser, what: str) -> None:
+    grp = parser.add_mutually_exclusive_group()
+    grp.add_argument("--workers", type=int, metavar="N",
+                     help=f"{what} on a local Dask cluster of N worker processes (one torch thread each); "
+                     "results identical to the serial run; needs pip install 'gapcheck[dask]' (docs/distributed.md)")
+    grp.add_argument("--scheduler", metavar="ADDRESS",
+                     help=f"{what} on an existing Dask cluster (`dask scheduler`, `dask worker ADDRESS --nthreads 1`), "
+                     "e.g. tcp://10.0.0.5:8786; every worker needs the same gapcheck and torch")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -185,7 +225,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
-        report, ctx = run_verify(ids, mode=args.mode, seed=args.seed, device=args.device, show_progress=not args.no_progress)
+        report, ctx = run_verify(ids, mode=args.mode, seed=args.seed, device=args.device, show_progress=not args.no_progress,
+                                 cluster=_cluster(args))
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
     figures = write_report(report, ctx, out, plots=not args.no_plots, progress=not args.no_progress)
@@ -292,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "sampling (error = one standard error, cost linear in d; ELBO* still uses a tensor rule, cost K^d)")
     ev.add_argument("--samples", type=int, default=65536, help="importance samples for --log-px-method is (default 65536)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the importance sampler (default 0)")
+    _add_cluster_options(ev, "evaluate the specs (and chunks of their points)")
     ev.set_defaults(func=cmd_evaluate)
 
     ve = sub.add_parser(
@@ -311,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo and prior samples (default: 0); hypothesis runs are derandomized")
     ve.add_argument("--no-plots", action="store_true", help="skip the figures")
     ve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cluster_options(ve, "check the claims")
     ve.set_defaults(func=cmd_verify)
 
     de = sub.add_parser(

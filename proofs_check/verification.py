@@ -7,6 +7,7 @@ planted fault is rejected.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -17,7 +18,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .checks import all_claims
 from .context import Context
@@ -40,14 +41,44 @@ def select_claims(ids: Sequence[str] | None) -> list[Claim]:
     return [known[i] for i in wanted]
 
 
+@contextlib.contextmanager
+def global_hypothesis_constants() -> Iterator[None]:
+    """hypothesis (>= 6.131) also draws literals it collects from every *local* module imported
+    so far (files outside site-packages and the stdlib), so the derandomized property examples
+    would depend on the process's import history: a Dask worker's modules, the caller's own
+    scripts, a source checkout vs an installed gapcheck.  Within this block it draws from its
+    fixed global constants only, so a claim sees the same examples in every process (the
+    serial run, a worker of `--workers`).  A no-op for a hypothesis without local constants."""
+    try:
+        from hypothesis.internal.conjecture import providers
+        from hypothesis.internal.constants_ast import Constants
+    except ImportError:
+        yield
+        return
+    original = getattr(providers, "_get_local_constants", None)
+    cache = getattr(getattr(providers, "CONSTANTS_CACHE", None), "cache", None)
+    if original is None or cache is None:
+        yield
+        return
+    empty = Constants()
+    providers._get_local_constants = lambda: empty
+    cache.clear()  # allowed constants per choice type, computed with the local ones
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        cache.clear()
+
+
 def _run_check(claim: Claim, ctx: Context, fault: str | None) -> tuple[list[CheckResult], str | None, float]:
     t0 = time.perf_counter()
     try:
-        if fault is None:
-            res = claim.check(ctx, fault)
-        else:
-            with no_shrinking():
+        with global_hypothesis_constants():
+            if fault is None:
                 res = claim.check(ctx, fault)
+            else:
+                with no_shrinking():
+                    res = claim.check(ctx, fault)
         err = None
     except Exception as exc:  # a crashing check is reported as an error, never hidden
         res = []
@@ -91,9 +122,12 @@ def run_claim(claim: Claim, ctx: Context, progress=None) -> dict[str, Any]:
 
 
 def run_verify(ids: Sequence[str] | None = None, mode: str = "default", seed: int = 0, device: str = "auto",
-               show_progress: bool = True) -> tuple[dict[str, Any], Context]:
+               show_progress: bool = True, cluster: Any = None) -> tuple[dict[str, Any], Context]:
     """Check the selected claims (all by default) and their planted faults; returns the report
-    (a JSON-safe dict, docs/report.md) and the run context (its caches feed the figures)."""
+    (a JSON-safe dict, docs/report.md) and the run context (its caches feed the figures).
+
+    With ``cluster`` (a :class:`proofs_check.distributed.Cluster`) the claims run in parallel on
+    Dask workers; the report is the serial one apart from timings."""
     claims = select_claims(ids)
     ctx = Context(mode=mode, seed=seed, device=device)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -106,10 +140,15 @@ def run_verify(ids: Sequence[str] | None = None, mode: str = "default", seed: in
         bar = tqdm(total=total, desc="gapcheck verify", unit="check", file=sys.stderr, leave=True,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
     entries = []
-    for c in claims:
-        if bar:
-            bar.set_postfix_str(c.id)
-        entries.append(run_claim(c, ctx, bar))
+    if cluster is not None:
+        from .distributed import run_claims
+
+        entries = run_claims(claims, ctx, cluster, bar)
+    else:
+        for c in claims:
+            if bar:
+                bar.set_postfix_str(c.id)
+            entries.append(run_claim(c, ctx, bar))
     if bar:
         bar.close()
     ok = all(e["status"] == "passed" and e["all_faults_rejected"] for e in entries)

@@ -29,7 +29,7 @@ from torch.func import hessian, vmap
 
 from .estimate import Estimate
 from .models import Model
-from .optimize import ConvergenceError, NewtonResult, newton_maximize
+from .optimize import ConvergenceError, NewtonResult, as_objective, newton_maximize
 from .quadrature import LOG_2PI, UNIT_ROUNDOFF, gauss_hermite, refinement_levels
 
 Tensor = torch.Tensor
@@ -68,14 +68,13 @@ def newton_robust(fun, x0: Tensor, args: tuple[Tensor, ...] = (), **kwargs) -> N
     them: items whose start has a non-finite value, gradient or Hessian are not run, and when
     the batched run still fails in linear algebra (a Hessian that turns non-finite on the way,
     e.g. near a singularity of log or sqrt) every item is rerun alone.  Failed items come back
-    with ``converged`` False and NaN values, so callers report them by name instead of crashing."""
-    from torch.func import grad, hessian, vmap
-
+    with ``converged`` False and NaN values, so callers report them by name instead of crashing.
+    ``fun``: a one-item function or an :class:`numerics.optimize.Objective`."""
+    obj = as_objective(fun)
     B = x0.shape[0]
     with torch.no_grad():
-        v0 = vmap(fun)(x0, *args)
-        g0 = vmap(grad(fun))(x0, *args)
-        h0 = vmap(hessian(fun))(x0, *args)
+        v0 = obj.value(x0, args)
+        g0, h0 = obj.derivatives(x0, args)
     ok = torch.isfinite(v0) & torch.isfinite(g0).all(-1) & torch.isfinite(h0).flatten(1).all(-1)
 
     def failed(n: int) -> NewtonResult:
@@ -89,7 +88,7 @@ def newton_robust(fun, x0: Tensor, args: tuple[Tensor, ...] = (), **kwargs) -> N
         sub = tuple(a[idx] for a in args)
         noise = kwargs.get("value_noise")
         kw = dict(kwargs, value_noise=None if noise is None else noise[idx])
-        return newton_maximize(fun, x0[idx], sub, **kw)
+        return newton_maximize(obj, x0[idx], sub, start=(v0[idx], g0[idx], h0[idx]), **kw)
 
     out = failed(B)
     out.x = x0.clone()

@@ -23,7 +23,7 @@ import torch
 
 from .estimate import Estimate
 from .models import Model, Prior1D
-from .optimize import ConvergenceError, NodeSumObjective, Objective
+from .optimize import ConvergenceError, NodeSumObjective, Objective, model_costs
 from .posterior import PosteriorModes, divergent_term, newton_robust, refinement_error, rounding_bound, value_rounding
 from .quadrature import DEFAULT_MAX_MEMORY, TensorRule, gauss_hermite, refinement_levels
 
@@ -126,7 +126,7 @@ def elbo_gh(model: Model, x: Tensor, gamma2: float, mu: Tensor, s: Tensor, k: in
     vals = []
     levels = [k, 2 * k] if k else refinement_levels(d)
     e = torch.tensor(eps, dtype=torch.float64, device=x.device)
-    costs: dict = {}
+    costs = model_costs(model).setdefault("elbo", {})
     for kk in levels:
         obj = elbo_objective(model, kk, x.device, max_memory, costs)
         args = (x[None], e[None], mu[None])
@@ -257,7 +257,7 @@ def elbo_star(
         return (f"ELBO* optimizer did not converge at {where}, γ² = {posts[b].gamma2:g} (Newton decrement "
                 f"{dec:.3e} after {its} iterations)")
 
-    costs: dict = {}
+    costs = model_costs(model).setdefault("elbo", {})
     ref = _refined_newton(
         lambda k: elbo_objective(model, k, device, max_memory, costs), params, (Xb, Eb, Mb), rb, levels, tol, max_iter, d,
         failure,
@@ -373,7 +373,7 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     args = (torch.stack(X), torch.tensor(E, dtype=torch.float64, device=device), torch.stack(Mb))
     rb = torch.tensor([rounding_bound(pm.x, pm.gamma2, d) for pm in posts], dtype=torch.float64, device=device)
     part, glob = _elbo_red_fullcov_parts(model)
-    costs: dict = {}
+    costs = model_costs(model).setdefault("elbo_fullcov", {})
 
     def make_obj(k: int) -> Objective:
         return NodeSumObjective(lambda: _elbo_red_fullcov(model, *gauss_hermite(k, d, device=device)), part, glob,

@@ -7,6 +7,7 @@ that are sums over the nodes of a quadrature rule are evaluated in memory-bounde
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -210,6 +211,20 @@ def allocation_probe(run: Callable[[int], Any], size: int, probe: int = 64) -> t
     c1, c2 = allocation_bytes(lambda: run(n1)), allocation_bytes(lambda: run(n2))
     per = max((c2 - c1) / (n2 - n1), 0.0)
     return max(c1 - per * n1, 0.0), per
+
+
+_MODEL_COSTS: dict[int, dict[Any, tuple[float, float]]] = {}
+
+
+def model_costs(model: Any) -> dict[Any, tuple[float, float]]:
+    """A cache of measured allocation costs (:func:`allocation_probe` results) that lives as long
+    as ``model`` does: the bytes per node of an integrand depend only on the model and on the
+    computation, so one probe per (model, computation) suffices for a whole sweep."""
+    key = id(model)
+    if key not in _MODEL_COSTS:
+        _MODEL_COSTS[key] = {}
+        weakref.finalize(model, _MODEL_COSTS.pop, key, None)
+    return _MODEL_COSTS[key]
 
 
 @dataclass

@@ -1,0 +1,745 @@
+"""ELBO*(x) and log p_γ(x) in higher dimension (d ≈ 3…30) by Smolyak sparse-grid Gauss–Hermite
+cubature (:mod:`numerics.cubature`), with node sums chunked to a memory budget.
+
+Same quantities, conventions and contracts as :func:`numerics.elbo.elbo_star` and
+:func:`numerics.posterior.log_marginal_gh` (reduced values: the divergent (n−d)/2 · log(γ²/2π)
+removed); only the rule over ξ ~ N(0, I_d) differs: the tensor k^d Gauss–Hermite rule is replaced
+by the level-L sparse rule A(L, d) (exact for total degree 2L + 1), whose size grows like
+(2d)^L / L! instead of k^d.
+
+ELBO*.  In the scaled parameters (a, τ) of numerics/elbo.py (μ = μ_base + √ε a, s = ε e^τ,
+σ = √s, z = μ + σ ⊙ ξ),
+
+    ELBO_red(a, τ) = d/2 + ½ Σ_k τ_k + Q(μ, σ) + Σ_{k closed} E_{N(μ_k, s_k)}[ℓ_k],
+    Q(μ, σ) = Σ_i w_i φ_q(μ + σ ⊙ ξ_i),   φ_q(z) = −‖x − f(z)‖²/(2ε) + Σ_{k quad} ℓ_k(z_k),
+
+(prior factors with a closed-form Gaussian expectation, e.g. Laplace, use it; the others are in
+φ_q).  It is maximized by :func:`numerics.posterior.newton_robust` (the saddle-free Newton method
+of numerics.optimize), whose gradient and Hessian are the exact derivatives of this cubature sum,
+assembled from per-node derivatives g_i = ∇φ_q(z_i), H_i = ∇²φ_q(z_i) summed chunk by chunk
+(the Hessian of a sum is the sum of the Hessians of the chunks):
+
+    ∂/∂a = √ε Σ w g,   ∂/∂τ_k = ½ + (σ_k/2) Σ w g_k ξ_k,
+    ∂²/∂a∂a = ε Σ w H,   ∂²/∂a_j∂τ_k = √ε (σ_k/2) Σ w H_jk ξ_k,
+    ∂²/∂τ_j∂τ_k = (σ_j σ_k/4) Σ w H_jk ξ_j ξ_k + δ_jk (σ_k/4) Σ w g_k ξ_k.
+
+The chunked sums are wrapped in torch.autograd.Function s with explicit vmap and jvp rules, so
+that newton_robust's ``vmap(grad(fun))`` and ``vmap(hessian(fun))`` call them once per batch of
+items instead of differentiating through the whole rule.  Levels L = 1, 2, 3, … are run
+warm-started (the optimum of one level starts the next).
+
+log p.  Per posterior mode, in the Laplace-whitened coordinates z = ẑ_j + L_j u of
+numerics/posterior.py, with the same partition of unity for several modes (the code of
+:func:`numerics.posterior._log_integral`, called on the positive- and on the negative-weight
+nodes separately — the sparse rule has negative weights — chunk by chunk):
+
+    log_px_red = log(I₊ − I₋),   I± = Σ_{±w_i > 0} |w_i| e^{|u_i|²/2} (2π)^{d/2} · (integrand at u_i).
+
+A non-positive I₊ − I₋ at a level is detected and that level dropped (flag
+``nonpositive_levels``); the rounding of the cancellation, (rounding bound + 4u)·(I₊ + I₋)/(I₊ − I₋),
+enters the error.
+
+Error estimates (both estimators).  With values v_1, v_2, … at successive levels and δ_j their
+differences, the error of the last value is max(δ_last, δ_prev) — a single difference can be
+accidentally small when the level-to-level error changes sign, and sparse grids of successive
+levels often alternate — and no less than the geometric tail δ_last·r/(1 − r), r = δ_last/δ_prev,
+when the differences shrink slowly (r > ½).  The result is ``converged`` when that error is
+≤ tol·max(1, |v|) + the rounding bound, which needs at least three levels; when the budget of
+nodes (``max_nodes``) runs out first, ``converged`` is False and the error stays what the
+differences say (at least the largest difference seen when they do not shrink).  Added:
+Newton decrement (ELBO*), :func:`numerics.posterior.rounding_bound`, the rounding of the signed
+sum 4u·Σ|w_i φ_i| (the sparse weights sum to 1 but their absolute values to up to ~10⁴), and
+:func:`numerics.posterior.value_rounding`.
+
+Memory.  Every node sum runs over chunks of at most c nodes × g items, sized so that the
+transient tensors (estimated from the bytes the decoder's autograd graph saves per node,
+measured once per model on a probe batch) fit ``max_memory`` bytes; when one node of one item
+does not fit, :class:`numerics.models.ModelError` is raised naming the method and the size.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.func import grad, jacrev, vmap
+
+from .cubature import MAX_LEVEL, iter_rule, rule_size
+from .estimate import Estimate
+from .models import Model, ModelError, Prior1D
+from .optimize import ConvergenceError
+from .posterior import PosteriorModes, _log_integral, kinks_in_reach, newton_robust, rounding_bound, value_rounding
+from .quadrature import LOG_2PI, UNIT_ROUNDOFF
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "elbo_star_sparse",
+    "log_marginal_sparse",
+    "sparse_levels",
+    "level_error",
+    "DEFAULT_MAX_MEMORY",
+    "MAX_ELBO_NODES",
+    "MAX_LOGP_NODES",
+]
+
+#: Default working-memory budget of the node sums (bytes).
+DEFAULT_MAX_MEMORY = 512 * 2**20
+#: Default largest sparse rule for ELBO* (per-node Hessians: the expensive part).
+MAX_ELBO_NODES = 1_000_000
+#: Default largest sparse rule for log p (values only).
+MAX_LOGP_NODES = 10_000_000
+#: Largest node chunk (larger chunks gain nothing).
+MAX_CHUNK = 1 << 16
+
+
+def sparse_levels(d: int, max_nodes: int, start: int = 1) -> list[int]:
+    """Levels start, start+1, … while the rule has at most ``max_nodes`` nodes (at most
+    :data:`numerics.cubature.MAX_LEVEL`).  Fewer than three levels cannot state a converged
+    error (module doc): then ModelError names the sizes."""
+    levels = []
+    L = start
+    while L <= MAX_LEVEL and rule_size(d, L) <= max_nodes:
+        levels.append(L)
+        L += 1
+    if len(levels) < 3:
+        raise ModelError(f"sparse grid: d = {d} needs at least three levels from level {start} "
+                         f"({[rule_size(d, start + j) for j in range(3)]} nodes) but the node budget is {max_nodes}")
+    return levels
+
+
+def level_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
+    """(error, converged) of a sequence of values at successive sparse-grid levels (module doc):
+    max(δ_last, δ_prev), raised to the geometric tail δ_last·r/(1 − r) when r = δ_last/δ_prev > ½,
+    to the largest difference seen when the differences do not shrink (r ≥ 1); converged iff the
+    error is ≤ ``tol_abs`` and at least three values are given.  ``inf`` with fewer than two."""
+    if len(values) < 2:
+        return math.inf, False
+    diffs = [abs(b - a) for a, b in zip(values, values[1:])]
+    if not all(math.isfinite(x) for x in diffs):
+        return math.inf, False
+    last = diffs[-1]
+    if len(diffs) < 2:
+        return last, False
+    prev = diffs[-2]
+    err = max(last, prev)
+    r = last / prev if prev > 0 else (0.0 if last == 0 else math.inf)
+    if r >= 1:
+        err = max(diffs)
+    elif r > 0.5:
+        err = max(err, last * r / (1 - r))
+    return err, err <= tol_abs
+
+
+def _tol_abs(tol: float, value: float, rounding: float) -> float:
+    """What a level-to-level difference may be for convergence: tol·max(1, |value|) plus twice the
+    rounding bound of one value (a difference of two values carries the rounding of both)."""
+    return tol * max(1.0, abs(value)) + 2 * rounding
+
+
+# ----------------------------------------------------------------------------------------
+# memory model
+# ----------------------------------------------------------------------------------------
+
+
+def _has_closed_form(f: Prior1D) -> bool:
+    return type(f).gaussian_expectation is not Prior1D.gaussian_expectation
+
+
+_SAVED_BYTES: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _saved_bytes_per_node(model: Model) -> int:
+    """Bytes the autograd graph of φ(z) = −‖x − f(z)‖² + ℓ(z) saves per node (a proxy for the
+    decoder's intermediate tensors), measured on a probe batch of 64 nodes (once per model)."""
+    hit = _SAVED_BYTES.get(id(model))
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+    probe = 64
+    z = torch.zeros(probe, model.d, dtype=torch.float64).requires_grad_(True)
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        r = model.decoder(z)
+        v = (r * r).sum() + model.prior.log_prob(z).sum()
+    del v
+    out = max(1, total // probe)
+    _SAVED_BYTES[id(model)] = (weakref.ref(model), out)
+    return out
+
+
+@dataclass(frozen=True)
+class _Footprint:
+    """Estimated transient bytes per (node, item) of a value, gradient and Hessian pass."""
+
+    value: int
+    grad: int
+    hess: int
+
+    @classmethod
+    def of(cls, model: Model) -> "_Footprint":
+        d, n = model.d, model.n
+        S = _saved_bytes_per_node(model)
+        base = 8 * (3 * d + 3 * n)  # z, ξ copy, residual, φ, outputs
+        val = 2 * (S + base)
+        grd = 3 * (S + base) + 8 * 4 * d
+        hes = (d + 2) * grd + 8 * 6 * d * d  # forward-mode over d tangents + H and its weighted copies
+        return cls(val, grd, hes)
+
+
+def _plan(per: int, items: int, budget: int, method: str, n_nodes: int) -> tuple[int, int]:
+    """(items per group, nodes per chunk) with groups·chunk·per ≤ budget; ModelError when even
+    one node of one item does not fit."""
+    if per > budget:
+        raise ModelError(f"{method}: one node needs about {per} bytes of working memory, more than the budget "
+                         f"max_memory = {budget} bytes (rule of {n_nodes} nodes); raise max_memory")
+    chunk = min(MAX_CHUNK, n_nodes, budget // per)
+    group = max(1, min(items, budget // (per * chunk)))
+    return group, chunk
+
+
+# ----------------------------------------------------------------------------------------
+# ELBO*: the chunked cubature objective and its derivatives
+# ----------------------------------------------------------------------------------------
+
+
+class _ElboSums:
+    """Value, gradient and Hessian of ELBO_red(a, τ) (module doc) for a batch of items on the
+    level-``level`` sparse rule, every node sum chunked to ``max_memory``."""
+
+    def __init__(self, model: Model, level: int, max_memory: int, device: torch.device,
+                 hessian_level: int | None = None) -> None:
+        self.model, self.d, self.level, self.device = model, model.d, level, device
+        # Newton's Hessian may come from a smaller rule (see elbo_star_sparse: inexact Newton)
+        self._hsums = (None if hessian_level is None or hessian_level == level
+                       else _ElboSums(model, hessian_level, max_memory, device))
+        self.N = rule_size(model.d, level)
+        self.budget = int(max_memory)
+        self.fp = _Footprint.of(model)
+        factors = model.prior.factors
+        self.closed = [k for k, f in enumerate(factors) if _has_closed_form(f)]
+        self.quad = [k for k, f in enumerate(factors) if not _has_closed_form(f)]
+        self._cache: dict[str, tuple[tuple[Tensor, ...], Any]] = {}
+        self.evaluations = {"value": 0, "grad": 0, "hess": 0}
+        # the whole rule is kept when it is small against the budget, else rebuilt chunk by chunk
+        self._rule_bytes = 8 * self.N * (self.d + 1)
+        self._rule: list[tuple[Tensor, Tensor]] | None = None
+        _plan(self.fp.hess, 1, self.budget, "ELBO* (sparse grid)", self.N)
+
+    # -- the rule -------------------------------------------------------------------------
+    def chunks(self, chunk: int) -> Iterator[tuple[Tensor, Tensor]]:
+        if self._rule_bytes <= self.budget // 8:
+            if self._rule is None:
+                self._rule = list(iter_rule(self.d, self.level, MAX_CHUNK, device=self.device))
+            for xi, w in self._rule:
+                for s in range(0, xi.shape[0], chunk):
+                    yield xi[s : s + chunk], w[s : s + chunk]
+        else:
+            yield from iter_rule(self.d, self.level, chunk, device=self.device)
+
+    # -- per-node integrand ---------------------------------------------------------------
+    def _phi_batch(self, z: Tensor, x: Tensor, eps: Tensor) -> Tensor:
+        """φ_q at nodes z (G, c, d) for items with x (G, n), eps (G,)."""
+        r = x[:, None, :] - self.model.decoder(z)
+        out = -(r * r).sum(-1) / (2 * eps[:, None])
+        return out + self._ell_quad(z)
+
+    def _ell_quad(self, z: Tensor) -> Tensor:
+        prior = self.model.prior
+        if not self.closed:
+            return prior.log_prob(z)
+        if not self.quad:
+            return torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        return sum(prior.factors[k].log_prob(z[..., k]) for k in self.quad)
+
+    def _phi_one(self, z: Tensor, x: Tensor, eps: Tensor) -> Tensor:
+        r = x - self.model.decoder(z)
+        return -(r * r).sum() / (2 * eps) + self._ell_quad(z)
+
+    def _closed(self, params: Tensor, eps: Tensor, mub: Tensor) -> Tensor:
+        """Σ_{k closed} E_{N(μ_k, s_k)}[ℓ_k] for one item."""
+        d = self.d
+        a, tau = params[:d], params[d:]
+        mu = mub + torch.sqrt(eps) * a
+        var = eps * torch.exp(tau)
+        total = torch.zeros((), dtype=params.dtype, device=params.device)
+        for k in self.closed:
+            total = total + self.model.prior.factors[k].gaussian_expectation(mu[k], var[k])
+        return total
+
+    @staticmethod
+    def _split(params: Tensor, eps: Tensor, mub: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
+        mu = mub + torch.sqrt(eps)[:, None] * params[:, :d]
+        sd = torch.sqrt(eps[:, None] * torch.exp(params[:, d:]))
+        return mu, sd, params[:, d:]
+
+    def _cached(self, kind: str, key: tuple[Tensor, ...]):
+        hit = self._cache.get(kind)
+        if hit is not None and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(hit[0], key)):
+            return hit[1]
+        return None
+
+    # -- batched passes -------------------------------------------------------------------
+    def value(self, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor, with_abs: bool = False):
+        """ELBO_red for items (B,); with ``with_abs`` also Σ_i |w_i φ_i| (B,) (rounding)."""
+        key = (params, x, eps, mub)
+        if not with_abs:
+            hit = self._cached("value", key)
+            if hit is not None:
+                return hit
+        self.evaluations["value"] += 1
+        d, B = self.d, params.shape[0]
+        mu, sd, tau = self._split(params, eps, mub, d)
+        Q = torch.zeros(B, dtype=params.dtype, device=params.device)
+        A = torch.zeros_like(Q)
+        group, chunk = _plan(self.fp.value, B, self.budget, "ELBO* (sparse grid)", self.N)
+        for g0 in range(0, B, group):
+            sl = slice(g0, g0 + group)
+            for xi, w in self.chunks(chunk):
+                z = mu[sl, None, :] + sd[sl, None, :] * xi[None]
+                phi = self._phi_batch(z, x[sl], eps[sl])
+                Q[sl] += phi @ w
+                if with_abs:
+                    A[sl] += phi.abs() @ w.abs()
+        val = 0.5 * d + 0.5 * tau.sum(-1) + Q
+        if self.closed:
+            val = val + vmap(self._closed)(params, eps, mub)
+        if with_abs:
+            return val, A
+        self._cache["value"] = (tuple(t.clone() for t in key), val)
+        return val
+
+    def gradient(self, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor) -> Tensor:
+        key = (params, x, eps, mub)
+        hit = self._cached("grad", key)
+        if hit is not None:
+            return hit
+        self.evaluations["grad"] += 1
+        d, B = self.d, params.shape[0]
+        mu, sd, tau = self._split(params, eps, mub, d)
+        gmu = torch.zeros(B, d, dtype=params.dtype, device=params.device)
+        gsd = torch.zeros_like(gmu)
+        node_grad = vmap(vmap(grad(self._phi_one), in_dims=(0, None, None)))
+        group, chunk = _plan(self.fp.grad, B, self.budget, "ELBO* (sparse grid)", self.N)
+        for g0 in range(0, B, group):
+            sl = slice(g0, g0 + group)
+            for xi, w in self.chunks(chunk):
+                z = mu[sl, None, :] + sd[sl, None, :] * xi[None]
+                g = node_grad(z, x[sl], eps[sl])  # (G, c, d)
+                gmu[sl] += torch.einsum("gcd,c->gd", g, w)
+                gsd[sl] += torch.einsum("gcd,cd->gd", g, xi * w[:, None])
+        out = torch.cat([torch.sqrt(eps)[:, None] * gmu, 0.5 + 0.5 * sd * gsd], -1)
+        if self.closed:
+            out = out + vmap(grad(self._closed))(params, eps, mub)
+        self._cache["grad"] = (tuple(t.clone() for t in key), out)
+        return out
+
+    def hessian(self, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor) -> Tensor:
+        if self._hsums is not None:
+            return self._hsums.hessian(params, x, eps, mub)
+        key = (params, x, eps, mub)
+        hit = self._cached("hess", key)
+        if hit is not None:
+            return hit
+        self.evaluations["hess"] += 1
+        d, B = self.d, params.shape[0]
+        mu, sd, tau = self._split(params, eps, mub, d)
+        dt, dev = params.dtype, params.device
+        Hmm = torch.zeros(B, d, d, dtype=dt, device=dev)
+        Hms = torch.zeros_like(Hmm)
+        Hss = torch.zeros_like(Hmm)
+        gsd = torch.zeros(B, d, dtype=dt, device=dev)
+
+        def g_aux(z: Tensor, x1: Tensor, e1: Tensor) -> tuple[Tensor, Tensor]:
+            g = grad(self._phi_one)(z, x1, e1)
+            return g, g
+
+        node_hess = vmap(vmap(jacrev(g_aux, has_aux=True), in_dims=(0, None, None)))
+        group, chunk = _plan(self.fp.hess, B, self.budget, "ELBO* (sparse grid)", self.N)
+        for g0 in range(0, B, group):
+            sl = slice(g0, g0 + group)
+            for xi, w in self.chunks(chunk):
+                z = mu[sl, None, :] + sd[sl, None, :] * xi[None]
+                H, g = node_hess(z, x[sl], eps[sl])  # (G, c, d, d), (G, c, d)
+                xw = xi * w[:, None]
+                Hmm[sl] += torch.einsum("gcjk,c->gjk", H, w)
+                Hms[sl] += torch.einsum("gcjk,ck->gjk", H, xw)
+                Hss[sl] += torch.einsum("gcjk,cj,ck->gjk", H, xi, xw)
+                gsd[sl] += torch.einsum("gcd,cd->gd", g, xw)
+        se = torch.sqrt(eps)[:, None, None]
+        half = 0.5 * sd
+        Haa = eps[:, None, None] * Hmm
+        Hat = se * Hms * half[:, None, :]
+        Htt = half[:, :, None] * Hss * half[:, None, :] + torch.diag_embed(0.5 * half * gsd)
+        top = torch.cat([Haa, Hat], -1)
+        bot = torch.cat([Hat.transpose(-1, -2), Htt], -1)
+        H = torch.cat([top, bot], -2)
+        H = 0.5 * (H + H.transpose(-1, -2))
+        if self.closed:
+            from torch.func import hessian as _hessian
+
+            H = H + vmap(_hessian(self._closed))(params, eps, mub)
+        self._cache["hess"] = (tuple(t.clone() for t in key), H)
+        return H
+
+    def objective(self) -> Callable[..., Tensor]:
+        """fun(params, x, eps, mu_base) for one item, for numerics.posterior.newton_robust."""
+        sums = self
+
+        def fun(params: Tensor, x: Tensor, eps: Tensor, mub: Tensor) -> Tensor:
+            return _Value.apply(sums, params, x, eps, mub)
+
+        return fun
+
+
+def _batch_args(info, in_dims, args: tuple[Tensor, ...]) -> list[Tensor]:
+    out = []
+    for a, dim in zip(args, in_dims):
+        out.append(a.unsqueeze(0).expand(info.batch_size, *a.shape) if dim is None else a.movedim(dim, 0))
+    return out
+
+
+def _flat(sums: _ElboSums, fn, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor, tail: tuple[int, ...]) -> Tensor:
+    """Apply a batched pass to inputs with any number of leading batch dimensions."""
+    lead = params.shape[:-1]
+    p2 = params.reshape(-1, params.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    e2 = eps.reshape(-1)
+    m2 = mub.reshape(-1, mub.shape[-1])
+    return fn(p2, x2, e2, m2).reshape(*lead, *tail)
+
+
+class _Hessian(torch.autograd.Function):
+    @staticmethod
+    def forward(sums: _ElboSums, params, x, eps, mub):
+        p = params.shape[-1]
+        return _flat(sums, sums.hessian, params, x, eps, mub, (p, p))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):  # pragma: no cover - third derivatives are never requested
+        raise RuntimeError("sparse-grid ELBO*: third derivatives are not available")
+
+    @staticmethod
+    def vmap(info, in_dims, sums, params, x, eps, mub):
+        params, x, eps, mub = _batch_args(info, in_dims[1:], (params, x, eps, mub))
+        return _Hessian.apply(sums, params, x, eps, mub), 0
+
+
+class _Gradient(torch.autograd.Function):
+    @staticmethod
+    def forward(sums: _ElboSums, params, x, eps, mub):
+        return _flat(sums, sums.gradient, params, x, eps, mub, (params.shape[-1],))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        sums, params, x, eps, mub = inputs
+        ctx.sums = sums
+        ctx.save_for_backward(params, x, eps, mub)
+        ctx.save_for_forward(params, x, eps, mub)
+
+    @staticmethod
+    def backward(ctx, gg):
+        params, x, eps, mub = ctx.saved_tensors
+        H = _Hessian.apply(ctx.sums, params, x, eps, mub)
+        return None, (H @ gg.unsqueeze(-1)).squeeze(-1), None, None, None
+
+    @staticmethod
+    def jvp(ctx, _s, tp, tx, te, tm):
+        params, x, eps, mub = ctx.saved_tensors
+        H = _Hessian.apply(ctx.sums, params, x, eps, mub)
+        return (H @ tp.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def vmap(info, in_dims, sums, params, x, eps, mub):
+        params, x, eps, mub = _batch_args(info, in_dims[1:], (params, x, eps, mub))
+        return _Gradient.apply(sums, params, x, eps, mub), 0
+
+
+class _Value(torch.autograd.Function):
+    @staticmethod
+    def forward(sums: _ElboSums, params, x, eps, mub):
+        return _flat(sums, sums.value, params, x, eps, mub, ())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        sums, params, x, eps, mub = inputs
+        ctx.sums = sums
+        ctx.save_for_backward(params, x, eps, mub)
+        ctx.save_for_forward(params, x, eps, mub)
+
+    @staticmethod
+    def backward(ctx, gv):
+        params, x, eps, mub = ctx.saved_tensors
+        g = _Gradient.apply(ctx.sums, params, x, eps, mub)
+        return None, gv.unsqueeze(-1) * g, None, None, None
+
+    @staticmethod
+    def jvp(ctx, _s, tp, tx, te, tm):
+        params, x, eps, mub = ctx.saved_tensors
+        return (_Gradient.apply(ctx.sums, params, x, eps, mub) * tp).sum(-1)
+
+    @staticmethod
+    def vmap(info, in_dims, sums, params, x, eps, mub):
+        params, x, eps, mub = _batch_args(info, in_dims[1:], (params, x, eps, mub))
+        return _Value.apply(sums, params, x, eps, mub), 0
+
+
+# ----------------------------------------------------------------------------------------
+# ELBO*
+# ----------------------------------------------------------------------------------------
+
+
+def elbo_star_sparse(
+    model: Model,
+    posts: list[PosteriorModes],
+    levels: list[int] | None = None,
+    tol: float = 1e-12,
+    max_iter: int = 100,
+    z0s: Tensor | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_nodes: int = MAX_ELBO_NODES,
+    progress: bool = False,
+    exact_hessian: bool = False,
+) -> list[Estimate]:
+    """ELBO*(x) (reduced) for a batch of items given by their posterior modes, on sparse grids
+    (module doc); the contract of :func:`numerics.elbo.elbo_star`.
+
+    Every mode of an item is a start (μ = ẑ_j, t_k = 1/H̃_kk), the best local optimum is kept.
+    ``levels``: sparse levels (default :func:`sparse_levels` (d, ``max_nodes``): 1, 2, … while the
+    rule has at most ``max_nodes`` nodes), run warm-started until :func:`level_error` meets
+    ``tol``·max(1, |value|) + rounding; a start leaves the sweep once it has.  ``max_memory``:
+    bytes for the transient tensors of the node sums (ModelError when one node does not fit).
+
+    Newton's Hessian at a level L after the first is, unless ``exact_hessian``, the Hessian of the
+    level-(L−1) sum at the same point (an inexact Newton method): the per-node Hessians are the
+    expensive part (d backward passes per node, and the next rule is ~5–15× larger), the Hessians
+    of two successive levels differ only by the level error, and the gradient, the value and the
+    line search are those of level L, so the iteration converges to the level-L optimum; the
+    decrement ½ gᵀ|H̃|⁻¹g it stops on is the predicted remaining gain to relative accuracy
+    ‖H̃ − H‖/‖H‖ (it is in the error estimate anyway).
+
+    Returns one :class:`Estimate` per item, method ``"sparse_grid_newton"``, ``argmax = {"mu",
+    "s"}`` and ``diagnostics`` with ``grad_norm``, ``newton_decrement``, ``levels`` (the levels
+    run), ``nodes`` (their sizes), ``converged``, ``n_local_optima``, ``reduced``.
+    Raises ConvergenceError (naming the point and γ²) if Newton does not converge.
+    """
+    d = model.d
+    device = posts[0].x.device
+    levels = list(levels) if levels is not None else sparse_levels(d, max_nodes)
+    if not levels or any((not isinstance(L, int)) or L < 0 or L > MAX_LEVEL for L in levels):
+        raise ValueError(f"elbo_star_sparse: levels must be integers in [0, {MAX_LEVEL}], got {levels}")
+    items, bases, X, E, P = [], [], [], [], []
+    for b, pm in enumerate(posts):
+        for j in range(pm.count):
+            Ht = pm.chol[j] @ pm.chol[j].T
+            items.append(b)
+            bases.append(pm.modes[j])
+            X.append(pm.x)
+            E.append(pm.eps)
+            P.append(torch.cat([torch.zeros(d, dtype=torch.float64, device=device), -torch.log(torch.diagonal(Ht))]))
+    S = len(items)
+    Mb, Xb = torch.stack(bases), torch.stack(X)
+    Eb = torch.tensor(E, dtype=torch.float64, device=device)
+    params = torch.stack(P)
+    rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
+
+    def failure(i: int, dec: float, its: int, level: int) -> str:
+        b = items[i]
+        where = (f"z0 = {[round(v, 12) for v in z0s[b].tolist()]}" if z0s is not None
+                 else f"x = {[round(v, 12) for v in posts[b].x.tolist()]}")
+        if not math.isfinite(dec):
+            return (f"ELBO* (sparse grid, level {level}) is not finite at {where}, γ² = {posts[b].gamma2:g}: the decoder "
+                    "or the prior is not finite at some cubature nodes of q around z0")
+        return (f"ELBO* optimizer (sparse grid, level {level}) did not converge at {where}, γ² = {posts[b].gamma2:g} "
+                f"(Newton decrement {dec:.3e} after {its} iterations)")
+
+    history = [[] for _ in range(S)]  # values per level
+    noise = torch.zeros(S, dtype=torch.float64, device=device)  # rounding of the signed sum at the last level
+    dec = torch.zeros(S, dtype=torch.float64, device=device)
+    gnorm = torch.zeros(S, dtype=torch.float64, device=device)
+    active = list(range(S))
+    used_levels = [[] for _ in range(S)]
+    bar = _progress(progress, len(levels), "ELBO* sparse levels")
+    prev_level: int | None = None
+    for L in levels:
+        if not active:
+            break
+        idx = torch.tensor(active, device=device)
+        sums = _ElboSums(model, L, max_memory, device, None if exact_hessian else prev_level)
+        prev_level = L
+        args = (Xb[idx], Eb[idx], Mb[idx])
+        with torch.no_grad():
+            _, absum = sums.value(params[idx], *args, with_abs=True)
+        nz = rb[idx] + 4 * UNIT_ROUNDOFF * absum
+        res = newton_robust(sums.objective(), params[idx], args, max_iter=max_iter, tol=1e-20, value_noise=nz)
+        bad = ~res.converged
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            raise ConvergenceError(failure(active[j], float(res.decrement[j]), res.iterations, L))
+        params[idx] = res.x
+        with torch.no_grad():
+            _, absum = sums.value(res.x, *args, with_abs=True)
+        still = []
+        for j, i in enumerate(active):
+            v = float(res.value[j])
+            history[i].append(v)
+            used_levels[i].append(L)
+            noise[i] = 4 * UNIT_ROUNDOFF * float(absum[j])
+            dec[i] = res.decrement[j]
+            gnorm[i] = torch.linalg.vector_norm(res.grad[j])
+            _, conv = level_error(history[i], _tol_abs(tol, v, float(rb[i]) + float(noise[i])))
+            if not conv:
+                still.append(i)
+        active = still
+        bar.update(1)
+    bar.close()
+    out: list[Estimate] = []
+    item_idx = torch.tensor(items, device=device)
+    for b, pm in enumerate(posts):
+        idx = (item_idx == b).nonzero().flatten().tolist()
+        best = max(idx, key=lambda i: history[i][-1])
+        v = history[best][-1]
+        a, tau = params[best, :d], params[best, d:]
+        mu = Mb[best] + math.sqrt(pm.eps) * a
+        sv = pm.eps * torch.exp(tau)
+        rbb, nzb, dv = float(rb[best]), float(noise[best]), float(dec[best])
+        err, conv = level_error(history[best], _tol_abs(tol, v, rbb + nzb))
+        diag = {
+            "grad_norm": float(gnorm[best]),
+            "newton_decrement": dv,
+            "levels": used_levels[best],
+            "nodes": [rule_size(d, L) for L in used_levels[best]],
+            "level_values": list(history[best]),
+            "converged": conv,
+            "n_local_optima": len(idx),
+            "reduced": True,
+        }
+        out.append(Estimate(v, err + dv + rbb + nzb + value_rounding(v), "sparse_grid_newton", "refinement", diag,
+                            {"mu": mu, "s": sv}))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# log p
+# ----------------------------------------------------------------------------------------
+
+
+def _log_integral_chunked(model: Model, pm: PosteriorModes, level: int, budget: int, fp: _Footprint
+                          ) -> tuple[float, float]:
+    """(log I₊, log I₋) of the level-``level`` rule (module doc), each including the constant
+    d/2·log(γ²/2π) once, node sums chunked to ``budget`` bytes."""
+    d = model.d
+    N = rule_size(d, level)
+    per = fp.value * max(1, pm.count) + 8 * pm.count * (2 * d + 2)
+    _, chunk = _plan(per, 1, budget, "log p (sparse grid)", N)
+    pos: list[float] = []
+    neg: list[float] = []
+    for u, w in iter_rule(d, level, chunk, device=pm.modes.device):
+        lw = torch.log(w.abs()) + 0.5 * (u * u).sum(-1) + 0.5 * d * LOG_2PI
+        for sel, acc in ((w > 0, pos), (w < 0, neg)):
+            if bool(sel.any()):
+                acc.append(_log_integral(model, pm, (u[sel], lw[sel])))
+    lse = lambda v: float(torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0)) if v else -math.inf  # noqa: E731
+    return lse(pos), lse(neg)
+
+
+def log_marginal_sparse(
+    model: Model,
+    pm: PosteriorModes,
+    levels: list[int] | None = None,
+    tol: float = 1e-12,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_nodes: int = MAX_LOGP_NODES,
+    progress: bool = False,
+) -> Estimate:
+    """log p_γ(x), reduced, by sparse-grid Gauss–Hermite in the Laplace-whitened coordinates of
+    every posterior mode (module doc); the contract of :func:`numerics.posterior.log_marginal_gh`.
+
+    Levels (default :func:`sparse_levels` (d, ``max_nodes``)) run until :func:`level_error` meets
+    ``tol``·max(1, |value|) + rounding.  A level whose signed sum I₊ − I₋ is not positive is
+    dropped (``diagnostics["nonpositive_levels"]``, ``converged`` False unless three positive
+    levels later agree).  Raises ConvergenceError when a kink of the prior lies in the
+    posterior's bulk (no Gauss–Hermite rule converges there) or when no level gives a positive
+    sum.  Returns an :class:`Estimate`, method ``"sparse_grid"``, ``diagnostics`` with
+    ``levels``, ``nodes``, ``level_values``, ``converged``, ``modes``, ``n_modes``,
+    ``nonpositive_levels``, ``cancellation`` ((I₊ + I₋)/(I₊ − I₋) at the last level), ``reduced``.
+    """
+    d = model.d
+    levels = list(levels) if levels is not None else sparse_levels(d, max_nodes)
+    kinks = kinks_in_reach(model, pm)
+    if kinks:
+        k, t = kinks[0]
+        raise ConvergenceError(
+            f"log p (sparse grid): the kink of the {model.prior.factors[k].name} prior at z{k + 1} = {t:g} lies inside "
+            "the posterior's bulk, where Gauss–Hermite cubature cannot honour its accuracy; use importance sampling or "
+            "a larger γ²")
+    rb = rounding_bound(pm.x, pm.gamma2, d)
+    fp = _Footprint.of(model)
+    vals: list[float] = []
+    used: list[int] = []
+    bad: list[int] = []
+    cancel = math.inf
+    bar = _progress(progress, len(levels), "log p sparse levels")
+    for L in levels:
+        lp, ln = _log_integral_chunked(model, pm, L, int(max_memory), fp)
+        bar.update(1)
+        if not (math.isfinite(lp) and ln < lp):
+            bad.append(L)
+            continue
+        ratio = math.exp(ln - lp)
+        v = lp + math.log1p(-ratio)
+        cancel = (1 + ratio) / (1 - ratio)
+        vals.append(v)
+        used.append(L)
+        noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
+        if level_error(vals, _tol_abs(tol, v, noise))[1]:
+            break
+    bar.close()
+    if not vals:
+        raise ConvergenceError(f"log p (sparse grid): the signed cubature sum was not positive at any level {levels} "
+                               "(the posterior is far from its Laplace approximation); use importance sampling")
+    noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
+    err, conv = level_error(vals, _tol_abs(tol, vals[-1], noise))
+    if not math.isfinite(err):  # a single positive level: no difference to state
+        raise ConvergenceError(f"log p (sparse grid): only level(s) {used} gave a positive signed sum (levels {bad} did "
+                               "not); no error can be stated; use importance sampling")
+    info: dict[str, Any] = {
+        "levels": used,
+        "nodes": [rule_size(d, L) for L in used],
+        "level_values": list(vals),
+        "converged": conv and not (bad and bad[-1] > used[-1]),
+        "modes": pm.modes.tolist(),
+        "n_modes": pm.count,
+        "nonpositive_levels": bad,
+        "cancellation": cancel,
+        "reduced": True,
+    }
+    return Estimate(vals[-1], err + noise + value_rounding(vals[-1]), "sparse_grid", "refinement", info)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(on: bool, total: int, desc: str):
+    if not on:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)

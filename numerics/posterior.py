@@ -369,8 +369,13 @@ class IntegrationRule:
         return n
 
 
-def _as_rule(rule: "IntegrationRule | tuple[Tensor, Tensor]") -> IntegrationRule:
-    return rule if isinstance(rule, IntegrationRule) else IntegrationRule.from_arrays(*rule)
+def _as_rule(rule: "IntegrationRule | tuple[Tensor, Tensor]", model: Model) -> IntegrationRule:
+    """``rule`` as an :class:`IntegrationRule` (arrays get the default budget); without a cost
+    cache of its own it uses the model's (:func:`numerics.optimize.model_costs`)."""
+    r = rule if isinstance(rule, IntegrationRule) else IntegrationRule.from_arrays(*rule)
+    if r.costs is None:
+        r.costs = model_costs(model).setdefault("log_px", {})
+    return r
 
 
 def _chunked_logsumexp(rule: IntegrationRule, terms, key: Any) -> Tensor:
@@ -405,7 +410,7 @@ def _log_integral_chart(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Te
     modes are close enough for a bridge of posterior mass between them to matter, the
     partition of unity becomes steep there and spoils the convergence of the per-mode rules."""
     d = model.d
-    rule = _as_rule(rule)
+    rule = _as_rule(rule, model)
     L0 = pm.scale(0)
     c = pm.modes.mean(0)
 
@@ -423,7 +428,7 @@ def _log_integral(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Tensor])
     """log_px_red with a rule (u, logw) for ∫ g(u) du applied per mode in its scaled
     coordinates z = ẑ_j + L_j u, combined by the partition of unity (see module doc)."""
     d = model.d
-    rule = _as_rule(rule)
+    rule = _as_rule(rule, model)
     m = pm.count
     eps = pm.eps
     terms = []
@@ -552,7 +557,7 @@ def kink_split_rule(pm: PosteriorModes, kinks: list[tuple[int, float]], h: float
 
 def _log_integral_z(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Tensor]) -> float:
     """log_px_red with a rule (z, logw) for ∫ g(z) dz directly in z (no chart)."""
-    rule = _as_rule(rule)
+    rule = _as_rule(rule, model)
 
     def terms(z: Tensor, logw: Tensor) -> Tensor:
         psi = log_joint(model, z, pm.x, pm.gamma2)

@@ -107,8 +107,7 @@ def elbo_objective(model: Model, k: int, device, max_memory: int = DEFAULT_MAX_M
     part, glob = _elbo_red_parts(model)
     return NodeSumObjective(lambda: _elbo_red_scaled(model, *gauss_hermite(k, model.d, device=device)), part, glob,
                             TensorRule(k, model.d, device=device), max_memory,
-                            what=f"ELBO* on the {k}^{model.d}-node tensor rule", alternative="or use --elbo-method sparse",
-                            costs=costs)
+                            what=f"ELBO* on the {k}^{model.d}-node tensor rule", costs=costs)
 
 
 def elbo_gh(model: Model, x: Tensor, gamma2: float, mu: Tensor, s: Tensor, k: int | None = None, reduced: bool = False,

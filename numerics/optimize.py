@@ -254,17 +254,17 @@ class NodeSumObjective(Objective):
     Chunk sizes come from :func:`allocation_probe` run on one item (bytes per node for values and
     for gradients + Hessians), so that no call allocates more than ``max_memory`` bytes;
     :class:`numerics.quadrature.MemoryBudgetError` when not even one node fits.
-    ``what`` names the computation in that message, ``alternative`` the method that would fit.
+    ``what`` names the computation in that message.
     ``costs``: a dict shared by objectives that differ only in their rule (the refinement levels),
     so the probe runs once.
     """
 
     def __init__(self, whole: Callable[[], Callable[..., Tensor]], part: Callable[..., Tensor],
                  glob: Callable[..., Tensor], rule: Any, max_memory: int, what: str = "the objective",
-                 alternative: str = "", costs: dict[str, tuple[float, float]] | None = None) -> None:
+                 costs: dict[str, tuple[float, float]] | None = None) -> None:
         self._make_whole, self.part, self.glob, self.rule = whole, part, glob, rule
         self.max_memory = int(max_memory)
-        self.what, self.alternative = what, alternative
+        self.what = what
         self._whole: VmapObjective | None = None
         self._plans: dict[str, tuple[float, float]] = {} if costs is None else costs
         self._rule_cache: tuple[Tensor, Tensor] | None = None
@@ -297,10 +297,9 @@ class NodeSumObjective(Objective):
         if nodes < 1:
             from .quadrature import MemoryBudgetError, format_bytes
 
-            alt = f"; {self.alternative}" if self.alternative else ""
             raise MemoryBudgetError(
                 f"{self.what}: one item needs {format_bytes(fixed + node_bytes)} per call even with a single node, "
-                f"more than the memory budget {format_bytes(M)} (raise --max-memory{alt})")
+                f"more than the memory budget {format_bytes(M)} (raise --max-memory)")
         return ChunkPlan(1, min(nodes, N), False, fixed + node_bytes * min(nodes, N))
 
     def _part_fn(self, kind: str, n_args: int) -> Callable[..., Any]:

@@ -36,7 +36,8 @@ class MemoryBudgetError(ModelError):
 
 def parse_memory(text: str | int) -> int:
     """Bytes from ``"2G"``, ``"500M"``, ``"64k"``, ``"1.5GiB"`` or a plain number of bytes
-    (K/M/G/T are powers of 1024).  Raises ValueError on anything else or a size < 1 MiB."""
+    (K/M/G/T are powers of 1024).  Raises ValueError on anything else or a size below 1 KiB
+    (a bare ``2`` is more likely a forgotten suffix than a budget of two bytes)."""
     if isinstance(text, int):
         value = text
     else:
@@ -50,8 +51,8 @@ def parse_memory(text: str | int) -> int:
         if not math.isfinite(f) or f <= 0:
             raise ValueError(f"memory size {text!r} must be a positive number")
         value = int(f * mult)
-    if value < 1 << 20:
-        raise ValueError(f"memory size {text!r} is below 1 MiB: too small for any estimator")
+    if value < 1 << 10:
+        raise ValueError(f"memory size {text!r} is below 1 KiB (a missing K, M or G?)")
     return value
 
 

@@ -285,8 +285,8 @@ def evaluate_points(
     not finite at a point, ConvergenceError if an optimizer fails (naming x and γ²),
     MemoryBudgetError (a ModelError) when the methods cannot fit their budgets."""
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else int(max_memory)
-    if max_memory < 1 << 20:
-        raise ModelError(f"max_memory = {max_memory} bytes is below 1 MiB: too small for any estimator")
+    if max_memory < 1:
+        raise ModelError(f"max_memory must be a positive number of bytes, got {max_memory}")
     lp_method, el_method = check_inputs(model, points, gamma2s, log_px_method, elbo_method)
     src = model.meta.get("source", "")
     pre = f"{src}: " if src else ""
@@ -324,6 +324,8 @@ def evaluate_points(
             stars = elbo_star_sparse(model, posts, z0s=Z, max_memory=max_memory, progress=progress)
     except ConvergenceError as exc:
         raise ConvergenceError(f"{pre}{exc}") from None
+    except ModelError as exc:  # a budget refusal (MemoryBudgetError, or the sparse grid's): name the spec
+        raise type(exc)(f"{pre}{exc}") from None
     except RuntimeError as exc:  # linear algebra on non-finite values that no estimator confined
         if not _is_linalg_failure(exc):
             raise
@@ -357,6 +359,8 @@ def evaluate_points(
                         lp, used = alt, "is"
         except ConvergenceError as exc:
             raise ConvergenceError(f"{pre}{where}: {exc}") from None
+        except ModelError as exc:
+            raise type(exc)(f"{pre}{where}: {exc}") from None
         except RuntimeError as exc:
             if not _is_linalg_failure(exc):
                 raise

@@ -70,15 +70,18 @@ class Evaluation:
 POINT_CHUNK = 32
 
 
-def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = True, log_px_method: str = "gh",
+def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = True, log_px_method: str = "auto",
                   is_samples: int = 65536, seed: int = 0, progress: bool = False,
-                  on_result: Callable[[PointResult], None] | None = None, chunk: int = POINT_CHUNK) -> Evaluation:
+                  on_result: Callable[[PointResult], None] | None = None, chunk: int = POINT_CHUNK,
+                  elbo_method: str = "auto", max_memory: int | None = None) -> Evaluation:
     """Run `gapcheck evaluate` on a parsed spec; raises SpecError/ModelError on bad input.
 
     The latent points are evaluated ``chunk`` at a time (every γ² of a point in one batch), so
     memory does not grow with the number of points; ``on_result`` is called with each result as
     soon as its chunk is done (streaming, e.g. JSON Lines), and ``progress`` shows a tqdm bar
-    over the points on stderr."""
+    over the points on stderr.  ``log_px_method``, ``elbo_method`` and ``max_memory`` (bytes; None:
+    numerics.quadrature.DEFAULT_MAX_MEMORY) choose the estimators and their memory budget
+    (:func:`numerics.sweep.evaluate_points`)."""
     if not sym.gamma2:
         raise SpecError("spec has no 'gamma2' (a list of decoder precisions γ² > 0)")
     if not sym.points:
@@ -96,7 +99,8 @@ def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = 
     with tqdm(total=len(pts), desc=f"evaluate {sym.name}", unit="point", file=sys.stderr, disable=not progress, leave=False) as bar:
         for i in range(0, len(pts), chunk):
             part = evaluate_points(model, pts[i:i + chunk], list(sym.gamma2), log_px_method=log_px_method,
-                                   is_samples=is_samples, seed=seed)
+                                   is_samples=is_samples, seed=seed, elbo_method=elbo_method, max_memory=max_memory,
+                                   progress=progress and sym.d > 3)
             if predictions:
                 attach_predictions(sym, part, log_normalizer=log_norm)
             for r in part:

@@ -42,11 +42,11 @@ enters the error.
 Error estimates (both estimators).  With values v_1, v_2, … at successive levels and δ_j their
 differences, the error of the last value is max(δ_last, δ_prev) — a single difference can be
 accidentally small when the level-to-level error changes sign, and sparse grids of successive
-levels often alternate — and no less than the geometric tail δ_last·r/(1 − r), r = δ_last/δ_prev,
-when the differences shrink slowly (r > ½).  The result is ``converged`` when that error is
-≤ tol·max(1, |v|) + the rounding bound, which needs at least three levels; when the budget of
-nodes (``max_nodes``) runs out first, ``converged`` is False and the error stays what the
-differences say (at least the largest difference seen when they do not shrink).  Added:
+levels often alternate.  The result is ``converged`` when that error is ≤ tol·max(1, |v|) + twice
+the rounding bound, which needs at least three levels.  When the budget of nodes (``max_nodes``)
+runs out first, ``converged`` is False and the error is raised to the geometric tail
+δ_last·r/(1 − r), r = δ_last/δ_prev, when the differences shrink slowly (r > ½), and to the
+largest of the last four differences when they do not shrink (:func:`level_error`).  Added:
 Newton decrement (ELBO*), :func:`numerics.posterior.rounding_bound`, the rounding of the signed
 sum 4u·Σ|w_i φ_i| (the sparse weights sum to 1 but their absolute values to up to ~10⁴), and
 :func:`numerics.posterior.value_rounding`.
@@ -77,10 +77,12 @@ from .quadrature import LOG_2PI, UNIT_ROUNDOFF
 Tensor = torch.Tensor
 
 __all__ = [
+    "NonPositiveSumError",
     "elbo_star_sparse",
     "log_marginal_sparse",
     "sparse_levels",
     "level_error",
+    "futile",
     "DEFAULT_MAX_MEMORY",
     "MAX_ELBO_NODES",
     "MAX_LOGP_NODES",
@@ -94,6 +96,14 @@ MAX_ELBO_NODES = 1_000_000
 MAX_LOGP_NODES = 10_000_000
 #: Largest node chunk (larger chunks gain nothing).
 MAX_CHUNK = 1 << 16
+#: Largest chunk of per-node Hessians, in Hessian entries (c·d² ≤ this: larger chunks only run slower).
+MAX_HESS_ENTRIES = 1 << 21
+
+
+class NonPositiveSumError(ConvergenceError):
+    """The signed sparse-grid sum for log p was not positive at enough levels to state an error:
+    the posterior is too far from its Laplace approximation for this rule (fall back to importance
+    sampling)."""
 
 
 def sparse_levels(d: int, max_nodes: int, start: int = 1) -> list[int]:
@@ -112,10 +122,15 @@ def sparse_levels(d: int, max_nodes: int, start: int = 1) -> list[int]:
 
 
 def level_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
-    """(error, converged) of a sequence of values at successive sparse-grid levels (module doc):
+    """(error, converged) of a sequence of values at successive sparse-grid levels (module doc).
+
+    With δ the level-to-level differences: converged (at least three values) when
+    max(δ_last, δ_prev) ≤ ``tol_abs``, with that as the error — differences at that size may
+    fluctuate (rounding), so their ratio is not used.  Otherwise not converged, and the error is
     max(δ_last, δ_prev), raised to the geometric tail δ_last·r/(1 − r) when r = δ_last/δ_prev > ½,
-    to the largest difference seen when the differences do not shrink (r ≥ 1); converged iff the
-    error is ≤ ``tol_abs`` and at least three values are given.  ``inf`` with fewer than two."""
+    and to the largest of the last four differences when they do not shrink (r ≥ 1: the recent
+    amplitude of the oscillation; the first, coarse levels say nothing about the last).  ``inf`` with
+    fewer than two values; with two, the one difference, never converged."""
     if len(values) < 2:
         return math.inf, False
     diffs = [abs(b - a) for a, b in zip(values, values[1:])]
@@ -126,12 +141,35 @@ def level_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
         return last, False
     prev = diffs[-2]
     err = max(last, prev)
-    r = last / prev if prev > 0 else (0.0 if last == 0 else math.inf)
+    if err <= tol_abs:
+        return err, True
+    r = last / prev if prev > 0 else math.inf
     if r >= 1:
-        err = max(diffs)
+        err = max(diffs[-4:])
     elif r > 0.5:
         err = max(err, last * r / (1 - r))
-    return err, err <= tol_abs
+    return err, False
+
+
+def futile(values: list[float], tol_abs: float, levels_left: int) -> bool:
+    """Whether refining further is futile: over the last four differences the error estimate
+    max(δ_last, δ_prev) shrank by less than half per two levels (ratio ρ² ≥ ½ against the two
+    differences before), and at that rate the ``levels_left`` remaining levels cannot bring it
+    below ``tol_abs``.  (Slow, sub-geometric convergence: a kinked or heavy-tailed integrand, the
+    prior-dominated regime γ² ≲ 1 in low d.)  Needs at least five values."""
+    if len(values) < 5:
+        return False
+    diffs = [abs(b - a) for a, b in zip(values, values[1:])]
+    now, before = max(diffs[-2:]), max(diffs[-4:-2])
+    if now <= tol_abs or before <= 0:
+        return False
+    rho2 = now / before
+    if rho2 < 0.5:
+        return False
+    if rho2 >= 1:
+        return True
+    needed = math.log(tol_abs / now) / (0.5 * math.log(rho2))
+    return needed > levels_left
 
 
 def _tol_abs(tol: float, value: float, rounding: float) -> float:
@@ -364,6 +402,7 @@ class _ElboSums:
 
         node_hess = vmap(vmap(jacrev(g_aux, has_aux=True), in_dims=(0, None, None)))
         group, chunk = _plan(self.fp.hess, B, self.budget, "ELBO* (sparse grid)", self.N)
+        chunk = max(1, min(chunk, MAX_HESS_ENTRIES // (d * d)))
         for g0 in range(0, B, group):
             sl = slice(g0, g0 + group)
             for xi, w in self.chunks(chunk):
@@ -512,6 +551,7 @@ def elbo_star_sparse(
     max_nodes: int = MAX_ELBO_NODES,
     progress: bool = False,
     exact_hessian: bool = False,
+    stop_futile: bool = True,
 ) -> list[Estimate]:
     """ELBO*(x) (reduced) for a batch of items given by their posterior modes, on sparse grids
     (module doc); the contract of :func:`numerics.elbo.elbo_star`.
@@ -519,7 +559,9 @@ def elbo_star_sparse(
     Every mode of an item is a start (μ = ẑ_j, t_k = 1/H̃_kk), the best local optimum is kept.
     ``levels``: sparse levels (default :func:`sparse_levels` (d, ``max_nodes``): 1, 2, … while the
     rule has at most ``max_nodes`` nodes), run warm-started until :func:`level_error` meets
-    ``tol``·max(1, |value|) + rounding; a start leaves the sweep once it has.  ``max_memory``:
+    ``tol``·max(1, |value|) + rounding; a start leaves the sweep once it has, or, with
+    ``stop_futile``, once :func:`futile` says the remaining levels cannot get there (it is then
+    not converged, its error what the differences say).  ``max_memory``:
     bytes for the transient tensors of the node sums (ModelError when one node does not fit).
 
     Newton's Hessian at a level L after the first is, unless ``exact_hessian``, the Hessian of the
@@ -599,8 +641,9 @@ def elbo_star_sparse(
             noise[i] = 4 * UNIT_ROUNDOFF * float(absum[j])
             dec[i] = res.decrement[j]
             gnorm[i] = torch.linalg.vector_norm(res.grad[j])
-            _, conv = level_error(history[i], _tol_abs(tol, v, float(rb[i]) + float(noise[i])))
-            if not conv:
+            tol_i = _tol_abs(tol, v, float(rb[i]) + float(noise[i]))
+            _, conv = level_error(history[i], tol_i)
+            if not conv and not (stop_futile and futile(history[i], tol_i, len(levels) - 1 - levels.index(L))):
                 still.append(i)
         active = still
         bar.update(1)
@@ -663,16 +706,19 @@ def log_marginal_sparse(
     max_memory: int = DEFAULT_MAX_MEMORY,
     max_nodes: int = MAX_LOGP_NODES,
     progress: bool = False,
+    stop_futile: bool = True,
 ) -> Estimate:
     """log p_γ(x), reduced, by sparse-grid Gauss–Hermite in the Laplace-whitened coordinates of
     every posterior mode (module doc); the contract of :func:`numerics.posterior.log_marginal_gh`.
 
     Levels (default :func:`sparse_levels` (d, ``max_nodes``)) run until :func:`level_error` meets
-    ``tol``·max(1, |value|) + rounding.  A level whose signed sum I₊ − I₋ is not positive is
+    ``tol``·max(1, |value|) + rounding (or, with ``stop_futile``, until :func:`futile`).  A
+    level whose signed sum I₊ − I₋ is not positive is
     dropped (``diagnostics["nonpositive_levels"]``, ``converged`` False unless three positive
     levels later agree).  Raises ConvergenceError when a kink of the prior lies in the
-    posterior's bulk (no Gauss–Hermite rule converges there) or when no level gives a positive
-    sum.  Returns an :class:`Estimate`, method ``"sparse_grid"``, ``diagnostics`` with
+    posterior's bulk (no Gauss–Hermite rule converges there), and :class:`NonPositiveSumError` (a
+    ConvergenceError) when fewer than two levels give a positive sum: the caller falls back to
+    importance sampling.  Returns an :class:`Estimate`, method ``"sparse_grid"``, ``diagnostics`` with
     ``levels``, ``nodes``, ``level_values``, ``converged``, ``modes``, ``n_modes``,
     ``nonpositive_levels``, ``cancellation`` ((I₊ + I₋)/(I₊ − I₋) at the last level), ``reduced``.
     """
@@ -704,16 +750,17 @@ def log_marginal_sparse(
         vals.append(v)
         used.append(L)
         noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
-        if level_error(vals, _tol_abs(tol, v, noise))[1]:
+        tol_v = _tol_abs(tol, v, noise)
+        if level_error(vals, tol_v)[1] or (stop_futile and futile(vals, tol_v, len(levels) - 1 - levels.index(L))):
             break
     bar.close()
     if not vals:
-        raise ConvergenceError(f"log p (sparse grid): the signed cubature sum was not positive at any level {levels} "
+        raise NonPositiveSumError(f"log p (sparse grid): the signed cubature sum was not positive at any level {levels} "
                                "(the posterior is far from its Laplace approximation); use importance sampling")
     noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
     err, conv = level_error(vals, _tol_abs(tol, vals[-1], noise))
     if not math.isfinite(err):  # a single positive level: no difference to state
-        raise ConvergenceError(f"log p (sparse grid): only level(s) {used} gave a positive signed sum (levels {bad} did "
+        raise NonPositiveSumError(f"log p (sparse grid): only level(s) {used} gave a positive signed sum (levels {bad} did "
                                "not); no error can be stated; use importance sampling")
     info: dict[str, Any] = {
         "levels": used,

@@ -187,8 +187,6 @@ def check_budget(d: int, log_px_method: str = "auto", elbo_method: str = "auto")
     :data:`MAX_RULE_NODES` nodes, sparse grids with fewer than three levels within
     numerics.highdim's node limits.  "auto" log p moves to importance sampling when the sparse
     grid cannot run at all."""
-    from .highdim import MAX_ELBO_NODES, MAX_LOGP_NODES
-
     lp, el = choose_methods(d, log_px_method, elbo_method)
     nodes = tensor_rule_nodes(d)
     if el == "tensor" and nodes > MAX_RULE_NODES:
@@ -197,6 +195,11 @@ def check_budget(d: int, log_px_method: str = "auto", elbo_method: str = "auto")
     if lp == "gh" and nodes > MAX_RULE_NODES:
         raise MemoryBudgetError(f"d = {d} latents: the tensor Gauss–Hermite rule of log p would need {nodes:.3g} nodes per "
                                 f"item (limit {MAX_RULE_NODES}); use --log-px-method sparse or is (or auto)")
+    if "sparse" not in (lp, el):
+        return lp, el
+    # imported only when needed: numerics.highdim is not used by (and not loaded for) d <= 3 runs
+    from .highdim import MAX_ELBO_NODES, MAX_LOGP_NODES
+
     if el == "sparse":
         _sparse_level_check(d, "ELBO*", MAX_ELBO_NODES, "no other ELBO* method fits either: use fewer latents")
     if lp == "sparse":

@@ -51,6 +51,9 @@ ELBO_METHODS = ("auto", "tensor", "sparse")
 #: "auto" uses the tensor rules up to this dimension and sparse grids above: measured on the 2-core
 #: machine (docs/performance-scale.md), the tensor refinement is cheaper there for the same accuracy.
 AUTO_TENSOR_MAX_D = 3
+#: "auto" log p takes importance sampling instead of non-converged sparse levels when this many of
+#: its standard errors are below the sparse grid's error estimate.
+IS_SE_FACTOR = 2.0
 
 #: The γ² range in which float64 honours the stated accuracy (full accuracy to 1e8, stable to
 #: 1e12; the same limits as theory.spec.GAMMA2_MIN/MAX, which a spec is checked against).
@@ -279,7 +282,8 @@ def evaluate_points(
     draws in all, R = 16 scrambled Sobol replicates, error = one standard error over replicates,
     cost linear in the draws; flagged ``log_px_monte_carlo``), or ``"auto"``: "gh" for
     d ≤ :data:`AUTO_TENSOR_MAX_D`, else "sparse", with "is" for the items where the sparse
-    levels do not converge (or cannot run).  ``elbo_method``: ``"tensor"``, ``"sparse"`` or
+    levels do not converge (or cannot run) and :data:`IS_SE_FACTOR` standard errors of "is" are
+    below the sparse error estimate.  ``elbo_method``: ``"tensor"``, ``"sparse"`` or
     ``"auto"`` (tensor for d ≤ :data:`AUTO_TENSOR_MAX_D`).  ``max_memory``: byte budget of the
     node sums (default :data:`numerics.quadrature.DEFAULT_MAX_MEMORY`).  The method used is in
     each row's ``method``.  ``progress``: tqdm bars on stderr for the long steps.
@@ -357,8 +361,11 @@ def evaluate_points(
                         raise
                     lp = None
                 if log_px_method == "auto" and (lp is None or not lp.diagnostics["converged"]):
+                    # the sparse levels did not converge: importance sampling replaces them when two of
+                    # its standard errors are below their error estimate (an SE is one sigma, the
+                    # refinement error is meant as a bound)
                     alt = _log_px_is(model, pm, is_samples, seed, max_memory)
-                    if lp is None or alt.error < lp.error:
+                    if lp is None or IS_SE_FACTOR * alt.error < lp.error:
                         lp, used = alt, "is"
         except ConvergenceError as exc:
             raise ConvergenceError(f"{pre}{where}: {exc}") from None

@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "d <= 8); sparse = Smolyak sparse-grid quadrature (nodes grow like (2d)^L/L!); is = randomized "
                     "quasi-Monte Carlo importance sampling from the Laplace approximation (error = one standard error "
                     "over 16 scrambled replicates, cost linear in d and in --samples); auto (default) = gh for d <= 3, "
-                    "else sparse, and is for the points where the sparse levels do not converge. The method used is "
+                    "else sparse, and is where the sparse levels do not converge and sampling is more accurate. The method used is "
                     "reported per row")
     ev.add_argument("--elbo-method", choices=["auto", "tensor", "sparse"], default="auto",
                     help="ELBO* by Newton on a tensor Gauss-Hermite rule (nodes grow as K^d: d <= 8) or on a sparse grid "

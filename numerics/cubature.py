@@ -46,7 +46,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["sparse_rule", "rule_size", "iter_rule", "rule_blocks", "total_degree", "RuleBlock", "MAX_LEVEL"]
+__all__ = ["sparse_rule", "rule_size", "iter_rule", "abs_weight_sum", "rule_blocks", "total_degree", "RuleBlock", "MAX_LEVEL"]
 
 #: Highest level offered: U^{MAX_LEVEL+1} has 2·MAX_LEVEL + 1 nodes (numpy's hermegauss is accurate
 #: far beyond that), and rules beyond it are too large to be useful in d ≥ 3 anyway.
@@ -181,6 +181,13 @@ def rule_size(d: int, level: int) -> int:
         total += math.comb(d, s) * int(sum(poly[lo:]))
         poly = np.convolve(poly, h)[: level + 1]
     return int(total)
+
+
+@functools.lru_cache(maxsize=None)
+def abs_weight_sum(d: int, level: int) -> float:
+    """Σ_i |w_i| of A(level, d) (≥ 1; the amplification of per-node errors by the signed sum),
+    from the compact representation without building the nodes."""
+    return math.fsum(blk.coords.shape[0] * float(np.abs(blk.weights).sum()) for blk in rule_blocks(d, level))
 
 
 def iter_rule(d: int, level: int, chunk: int, dtype: torch.dtype = torch.float64,

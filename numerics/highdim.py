@@ -42,14 +42,16 @@ enters the error.
 Error estimates (both estimators).  With values v_1, v_2, … at successive levels and δ_j their
 differences, the error of the last value is max(δ_last, δ_prev) — a single difference can be
 accidentally small when the level-to-level error changes sign, and sparse grids of successive
-levels often alternate.  The result is ``converged`` when that error is ≤ tol·max(1, |v|) + twice
-the rounding bound, which needs at least three levels.  When the budget of nodes (``max_nodes``)
-runs out first, ``converged`` is False and the error is raised to the geometric tail
-δ_last·r/(1 − r), r = δ_last/δ_prev, when the differences shrink slowly (r > ½), and to the
-largest of the last four differences when they do not shrink (:func:`level_error`).  Added:
-Newton decrement (ELBO*), :func:`numerics.posterior.rounding_bound`, the rounding of the signed
-sum 4u·Σ|w_i φ_i| (the sparse weights sum to 1 but their absolute values to up to ~10⁴), and
-:func:`numerics.posterior.value_rounding`.
+levels often alternate — and no less than the tail of the differences still to come, as the
+last two predict (geometric, and algebraic: Gauss–Hermite converges sub-geometrically for
+integrands analytic only in a strip, see :func:`level_error`).  The result is ``converged`` when
+that error is ≤ tol·max(1, |v|) + twice the rounding bound, which needs at least three levels.
+When the budget of nodes (``max_nodes``) runs out first, or further levels are futile
+(:func:`futile`), ``converged`` is False, and the error is what the differences say (the
+largest of the last four when they do not shrink).  Added:
+Newton decrement (ELBO*), the rounding of the signed sum — :func:`numerics.posterior.rounding_bound`
+(per node) times Σ_i|w_i| plus 4u·Σ_i|w_i φ_i| (the sparse weights sum to 1 but their absolute
+values to up to ~10⁴: d = 30, level 4) — and :func:`numerics.posterior.value_rounding`.
 
 Memory.  Every node sum runs over chunks of at most c nodes × g items, sized so that the
 transient tensors (estimated from the bytes the decoder's autograd graph saves per node,
@@ -67,7 +69,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.func import grad, jacrev, vmap
 
-from .cubature import MAX_LEVEL, iter_rule, rule_size
+from .cubature import MAX_LEVEL, abs_weight_sum, iter_rule, rule_size
 from .estimate import Estimate
 from .models import Model, ModelError, Prior1D
 from .optimize import ConvergenceError
@@ -121,16 +123,23 @@ def sparse_levels(d: int, max_nodes: int, start: int = 1) -> list[int]:
     return levels
 
 
-def level_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
+def level_error(values: list[float], tol_abs: float, levels: list[int] | None = None,
+                floor: float = 0.0) -> tuple[float, bool]:
     """(error, converged) of a sequence of values at successive sparse-grid levels (module doc).
 
-    With δ the level-to-level differences: converged (at least three values) when
-    max(δ_last, δ_prev) ≤ ``tol_abs``, with that as the error — differences at that size may
-    fluctuate (rounding), so their ratio is not used.  Otherwise not converged, and the error is
-    max(δ_last, δ_prev), raised to the geometric tail δ_last·r/(1 − r) when r = δ_last/δ_prev > ½,
-    and to the largest of the last four differences when they do not shrink (r ≥ 1: the recent
-    amplitude of the oscillation; the first, coarse levels say nothing about the last).  ``inf`` with
-    fewer than two values; with two, the one difference, never converged."""
+    With δ the level-to-level differences, the error is E = max(δ_last, δ_prev) and, when the
+    differences shrink (r = δ_last/δ_prev < 1), no less than the tail the last two differences
+    predict: the geometric tail δ_last·r/(1 − r), and the algebraic tail δ_last·L/(p − 1) of
+    δ_j ∝ j^(−p) through them (p = log(δ_prev/δ_last)/log(L/L_prev), taken ≥ 1.5; L the rule level
+    of the last value, from ``levels``, default 1, 2, …).  Gauss–Hermite rules converge
+    sub-geometrically for integrands analytic only in a strip (tanh, logistic priors: the error
+    falls like exp(−c√m)), so the geometric tail alone understates the error of a slowly converging
+    sequence; for a fast one (p large) the algebraic tail is below δ_last and changes nothing.
+    Differences at or below ``floor`` (the rounding of a difference) are noise: no tail is
+    extrapolated from them.  Converged (at least three values) when E ≤ ``tol_abs``.  Otherwise, when the differences do
+    not shrink (r ≥ 1), E is raised to the largest of the last four differences (the recent
+    amplitude of the oscillation; the first, coarse levels say nothing about the last).  ``inf``
+    with fewer than two values; with two, the one difference, never converged."""
     if len(values) < 2:
         return math.inf, False
     diffs = [abs(b - a) for a, b in zip(values, values[1:])]
@@ -141,13 +150,17 @@ def level_error(values: list[float], tol_abs: float) -> tuple[float, bool]:
         return last, False
     prev = diffs[-2]
     err = max(last, prev)
+    lv = list(levels) if levels is not None else list(range(1, len(values) + 1))
+    r = last / prev if prev > 0 else math.inf
+    if r < 1 and last > floor:
+        if r > 0:
+            p = max(1.5, math.log(prev / last) / math.log(lv[-1] / lv[-2]))
+            err = max(err, last * lv[-1] / (p - 1))
+        err = max(err, last * r / (1 - r))
     if err <= tol_abs:
         return err, True
-    r = last / prev if prev > 0 else math.inf
     if r >= 1:
         err = max(diffs[-4:])
-    elif r > 0.5:
-        err = max(err, last * r / (1 - r))
     return err, False
 
 
@@ -327,33 +340,31 @@ class _ElboSums:
 
     # -- batched passes -------------------------------------------------------------------
     def value(self, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor, with_abs: bool = False):
-        """ELBO_red for items (B,); with ``with_abs`` also Σ_i |w_i φ_i| (B,) (rounding)."""
+        """ELBO_red for items (B,); with ``with_abs`` also Σ_i |w_i φ_i| (B,) (rounding).  Both
+        are computed in every pass (the absolute sum costs one more reduction) and cached for the
+        last batch of inputs, which Newton evaluates again and again."""
         key = (params, x, eps, mub)
-        if not with_abs:
-            hit = self._cached("value", key)
-            if hit is not None:
-                return hit
-        self.evaluations["value"] += 1
-        d, B = self.d, params.shape[0]
-        mu, sd, tau = self._split(params, eps, mub, d)
-        Q = torch.zeros(B, dtype=params.dtype, device=params.device)
-        A = torch.zeros_like(Q)
-        group, chunk = _plan(self.fp.value, B, self.budget, "ELBO* (sparse grid)", self.N)
-        for g0 in range(0, B, group):
-            sl = slice(g0, g0 + group)
-            for xi, w in self.chunks(chunk):
-                z = mu[sl, None, :] + sd[sl, None, :] * xi[None]
-                phi = self._phi_batch(z, x[sl], eps[sl])
-                Q[sl] += phi @ w
-                if with_abs:
+        hit = self._cached("value", key)
+        if hit is None:
+            self.evaluations["value"] += 1
+            d, B = self.d, params.shape[0]
+            mu, sd, tau = self._split(params, eps, mub, d)
+            Q = torch.zeros(B, dtype=params.dtype, device=params.device)
+            A = torch.zeros_like(Q)
+            group, chunk = _plan(self.fp.value, B, self.budget, "ELBO* (sparse grid)", self.N)
+            for g0 in range(0, B, group):
+                sl = slice(g0, g0 + group)
+                for xi, w in self.chunks(chunk):
+                    z = mu[sl, None, :] + sd[sl, None, :] * xi[None]
+                    phi = self._phi_batch(z, x[sl], eps[sl])
+                    Q[sl] += phi @ w
                     A[sl] += phi.abs() @ w.abs()
-        val = 0.5 * d + 0.5 * tau.sum(-1) + Q
-        if self.closed:
-            val = val + vmap(self._closed)(params, eps, mub)
-        if with_abs:
-            return val, A
-        self._cache["value"] = (tuple(t.clone() for t in key), val)
-        return val
+            val = 0.5 * d + 0.5 * tau.sum(-1) + Q
+            if self.closed:
+                val = val + vmap(self._closed)(params, eps, mub)
+            hit = (val, A)
+            self._cache["value"] = (tuple(t.clone() for t in key), hit)
+        return hit if with_abs else hit[0]
 
     def gradient(self, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor) -> Tensor:
         key = (params, x, eps, mub)
@@ -624,7 +635,8 @@ def elbo_star_sparse(
         args = (Xb[idx], Eb[idx], Mb[idx])
         with torch.no_grad():
             _, absum = sums.value(params[idx], *args, with_abs=True)
-        nz = rb[idx] + 4 * UNIT_ROUNDOFF * absum
+        wabs = abs_weight_sum(d, L)
+        nz = rb[idx] * wabs + 4 * UNIT_ROUNDOFF * absum
         res = newton_robust(sums.objective(), params[idx], args, max_iter=max_iter, tol=1e-20, value_noise=nz)
         bad = ~res.converged
         if bool(bad.any()):
@@ -638,11 +650,12 @@ def elbo_star_sparse(
             v = float(res.value[j])
             history[i].append(v)
             used_levels[i].append(L)
-            noise[i] = 4 * UNIT_ROUNDOFF * float(absum[j])
+            noise[i] = float(rb[i]) * (wabs - 1) + 4 * UNIT_ROUNDOFF * float(absum[j])
             dec[i] = res.decrement[j]
             gnorm[i] = torch.linalg.vector_norm(res.grad[j])
-            tol_i = _tol_abs(tol, v, float(rb[i]) + float(noise[i]))
-            _, conv = level_error(history[i], tol_i)
+            rnd = float(rb[i]) + float(noise[i])
+            tol_i = _tol_abs(tol, v, rnd)
+            _, conv = level_error(history[i], tol_i, used_levels[i], 2 * rnd)
             if not conv and not (stop_futile and futile(history[i], tol_i, len(levels) - 1 - levels.index(L))):
                 still.append(i)
         active = still
@@ -658,7 +671,7 @@ def elbo_star_sparse(
         mu = Mb[best] + math.sqrt(pm.eps) * a
         sv = pm.eps * torch.exp(tau)
         rbb, nzb, dv = float(rb[best]), float(noise[best]), float(dec[best])
-        err, conv = level_error(history[best], _tol_abs(tol, v, rbb + nzb))
+        err, conv = level_error(history[best], _tol_abs(tol, v, rbb + nzb), used_levels[best], 2 * (rbb + nzb))
         diag = {
             "grad_norm": float(gnorm[best]),
             "newton_decrement": dv,
@@ -751,14 +764,14 @@ def log_marginal_sparse(
         used.append(L)
         noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
         tol_v = _tol_abs(tol, v, noise)
-        if level_error(vals, tol_v)[1] or (stop_futile and futile(vals, tol_v, len(levels) - 1 - levels.index(L))):
+        if level_error(vals, tol_v, used, 2 * noise)[1] or (stop_futile and futile(vals, tol_v, len(levels) - 1 - levels.index(L))):
             break
     bar.close()
     if not vals:
         raise NonPositiveSumError(f"log p (sparse grid): the signed cubature sum was not positive at any level {levels} "
                                "(the posterior is far from its Laplace approximation); use importance sampling")
     noise = (rb + 4 * UNIT_ROUNDOFF) * cancel
-    err, conv = level_error(vals, _tol_abs(tol, vals[-1], noise))
+    err, conv = level_error(vals, _tol_abs(tol, vals[-1], noise), used, 2 * noise)
     if not math.isfinite(err):  # a single positive level: no difference to state
         raise NonPositiveSumError(f"log p (sparse grid): only level(s) {used} gave a positive signed sum (levels {bad} did "
                                "not); no error can be stated; use importance sampling")

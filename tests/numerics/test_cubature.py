@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from numerics.cubature import MAX_LEVEL, iter_rule, rule_blocks, rule_size, sparse_rule, total_degree
+from numerics.cubature import MAX_LEVEL, abs_weight_sum, iter_rule, rule_blocks, rule_size, sparse_rule, total_degree
 
 
 def _gauss_moment(alpha) -> float:
@@ -85,6 +85,7 @@ def test_weights_sum_to_one_and_nodes_distinct(d: int, level: int) -> None:
     nodes, weights = sparse_rule(d, level)
     assert nodes.shape == (rule_size(d, level), d) and weights.shape == (rule_size(d, level),)
     assert abs(math.fsum(weights) - 1.0) <= 1e-13 * max(1.0, float(np.abs(weights).sum()))
+    assert abs_weight_sum(d, level) == pytest.approx(math.fsum(np.abs(weights)), rel=1e-14)
     assert np.unique(np.round(nodes, 10), axis=0).shape[0] == nodes.shape[0]
     # symmetric under a coordinate permutation and a sign change (as a set of weighted nodes)
     perm = np.roll(np.arange(d), 1)

@@ -60,6 +60,16 @@ def test_level_error_rule() -> None:
     # differences at the rounding floor may grow: converged on their size, not their ratio
     err, conv = level_error([1.0, 1.0 + 4e-8, 1.0 + 4e-8 + 4e-13, 1.0 + 4e-8 - 5e-13], 1e-11)
     assert conv and err == pytest.approx(9e-13, rel=1e-2)
+    # sub-geometric convergence: the level values of a 3-D ELBO* at γ² = 0.01 (MLP decoder, logistic
+    # prior; levels 6-10), whose limit −9.7421878684 a sinh-trapezoid rule gives independently:
+    # the distance 1.02e-5 is 2.8 last differences, beyond the geometric tail (7.2e-6)
+    seq = [-9.742219498494, -9.742215157992, -9.742206977749, -9.742201629458, -9.742198051165]
+    err, conv = level_error(seq, 1e-10, [6, 7, 8, 9, 10])
+    assert not conv and err >= abs(seq[-1] - (-9.7421878684))
+    # differences at the rounding floor: no tail extrapolated from their (meaningless) ratio
+    noisy = [1.0, 1.0 + 6e-9, 1.0 + 6e-9 + 3.2e-12, 1.0 + 6e-9 + 1e-14]
+    assert level_error(noisy, 1e-11, None, 0.0)[1] is False  # ratio 0.997: a long geometric tail
+    assert level_error(noisy, 1e-11, None, 1e-11) == (pytest.approx(3.2e-12, rel=1e-2), True)
     # growing differences: the largest of the last four
     assert level_error([0.0, 0.1, 0.4], 1e-3) == (pytest.approx(0.3), False)
     assert level_error([0.0, 1.0, 1.1, 1.11, 1.111, 1.1111, 1.1115], 1e-6) == (pytest.approx(0.01), False)

@@ -120,4 +120,3 @@ def block_model(d: int = 10, seed: int = 0, n: int | None = None, strength: floa
         return [z[..., 2 * b : 2 * b + 2] for b in range(B)]
 
     return BlockModel(full, blocks, split)
-

@@ -9,7 +9,9 @@ ELBO (the divergent (n−d)/2 · log(γ²/2π) removed) is a sum of O(1) terms a
 
 ELBO*(x) is found by a saddle-free Newton method in the parameters (a, τ) with
 μ = μ_base + √ε a and t = e^τ (both O(1) at every γ²), on the deterministic tensor
-Gauss–Hermite version of the objective, batched over items, with node refinement.
+Gauss–Hermite version of the objective, batched over items, with node refinement.  The node
+sums (value, gradient, Hessian) are evaluated in chunks within a byte budget ``max_memory``
+(:class:`numerics.optimize.NodeSumObjective`), so memory does not grow with k^d × items.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from .estimate import Estimate
-from .models import Model
-from .optimize import ConvergenceError
+from .models import Model, Prior1D
+from .optimize import ConvergenceError, NodeSumObjective, Objective, model_costs
 from .posterior import PosteriorModes, divergent_term, newton_robust, refinement_error, rounding_bound, value_rounding
-from .quadrature import gauss_hermite, refinement_levels
+from .quadrature import DEFAULT_MAX_MEMORY, TensorRule, gauss_hermite, refinement_levels
 
 Tensor = torch.Tensor
 
@@ -56,9 +58,63 @@ def _elbo_red_scaled(model: Model, nodes: Tensor, logw: Tensor):
     return fn
 
 
-def elbo_gh(model: Model, x: Tensor, gamma2: float, mu: Tensor, s: Tensor, k: int | None = None, reduced: bool = False) -> Estimate:
+def _closed_form_factors(model: Model) -> list[int]:
+    """Prior factors whose Gaussian expectation E_q[ℓ_k] is in closed form (:func:`_prior_expectation`)."""
+    return [k for k, f in enumerate(model.prior.factors) if type(f).gaussian_expectation is not Prior1D.gaussian_expectation]
+
+
+def _elbo_red_parts(model: Model):
+    """The reduced ELBO of :func:`_elbo_red_scaled` split for chunked evaluation: ``part`` is the
+    node sum Σ_i W_i (−‖x − f(z_i)‖²/(2ε) + Σ_k ℓ_k(z_ik)) over a chunk of nodes (the closed-form
+    prior factors left out), ``glob`` the rest, d/2 + ½ Σ τ_k + Σ_k E_q[ℓ_k] (closed-form factors)."""
+    d = model.d
+    closed = _closed_form_factors(model)
+    quad = [k for k in range(d) if k not in closed]
+
+    def part(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor, nodes: Tensor, logw: Tensor) -> Tensor:
+        w = torch.exp(logw)
+        a, tau = params[:d], params[d:]
+        mu = mu_base + torch.sqrt(eps) * a
+        sd = torch.sqrt(eps * torch.exp(tau))
+        z = mu + sd * nodes
+        r = x - model.decoder(z)
+        fit = (w * (r * r).sum(-1)).sum() / (2 * eps)
+        if not closed:
+            prior = (w * model.prior.log_prob(z)).sum()
+        else:
+            prior = sum(((w * model.prior.factors[k].log_prob(z[..., k])).sum() for k in quad),
+                        torch.zeros((), dtype=z.dtype, device=z.device))
+        return prior - fit
+
+    def glob(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor) -> Tensor:
+        a, tau = params[:d], params[d:]
+        out = 0.5 * d + 0.5 * tau.sum()
+        if closed:
+            mu = mu_base + torch.sqrt(eps) * a
+            var = eps * torch.exp(tau)
+            for k in closed:
+                out = out + model.prior.factors[k].gaussian_expectation(mu[k], var[k])
+        return out
+
+    return part, glob
+
+
+def elbo_objective(model: Model, k: int, device, max_memory: int = DEFAULT_MAX_MEMORY,
+                   costs: dict | None = None) -> NodeSumObjective:
+    """The reduced ELBO in (a, τ) (module doc) on the k^d-node tensor rule, as a memory-bounded
+    :class:`numerics.optimize.NodeSumObjective` (per-item args: x, ε, μ_base; ``costs`` shared
+    between the levels of one refinement)."""
+    part, glob = _elbo_red_parts(model)
+    return NodeSumObjective(lambda: _elbo_red_scaled(model, *gauss_hermite(k, model.d, device=device)), part, glob,
+                            TensorRule(k, model.d, device=device), max_memory,
+                            what=f"ELBO* on the {k}^{model.d}-node tensor rule", costs=costs)
+
+
+def elbo_gh(model: Model, x: Tensor, gamma2: float, mu: Tensor, s: Tensor, k: int | None = None, reduced: bool = False,
+            max_memory: int = DEFAULT_MAX_MEMORY) -> Estimate:
     """ELBO(x; μ, s) by tensor Gauss–Hermite with one refinement (k and 2k nodes per
-    dimension).  Error: the difference of the two rules (+ rounding bound)."""
+    dimension).  Error: the difference of the two rules (+ rounding bound).  Node sums in chunks
+    within ``max_memory`` bytes."""
     d = model.d
     eps = 1.0 / gamma2
     mu = torch.as_tensor(mu, dtype=torch.float64, device=x.device)
@@ -69,9 +125,15 @@ def elbo_gh(model: Model, x: Tensor, gamma2: float, mu: Tensor, s: Tensor, k: in
     vals = []
     levels = [k, 2 * k] if k else refinement_levels(d)
     e = torch.tensor(eps, dtype=torch.float64, device=x.device)
+    costs = model_costs(model).setdefault("elbo", {})
     for kk in levels:
-        nodes, logw = gauss_hermite(kk, d, device=x.device)
-        vals.append(float(_elbo_red_scaled(model, nodes, logw)(params, x, e, mu)))
+        obj = elbo_objective(model, kk, x.device, max_memory, costs)
+        args = (x[None], e[None], mu[None])
+        if obj.plan("value", params[None], args).whole:
+            nodes, logw = gauss_hermite(kk, d, device=x.device)
+            vals.append(float(_elbo_red_scaled(model, nodes, logw)(params, x, e, mu)))
+        else:
+            vals.append(float(obj.value(params[None], args)[0]))
         if len(vals) >= 2 and abs(vals[-1] - vals[-2]) <= 1e-14 * max(1.0, abs(vals[-1])) + rounding_bound(x, gamma2, d):
             break
     shift = 0.0 if reduced else divergent_term(model.n, d, gamma2)
@@ -97,10 +159,10 @@ class _Refined:
         return refinement_error(vals, tol_abs)
 
 
-def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tensor, levels: list[int], tol: float,
+def _refined_newton(make_obj, params: Tensor, args: tuple[Tensor, ...], rb: Tensor, levels: list[int], tol: float,
                     max_iter: int, d: int, failure) -> _Refined:
-    """Maximize ``make_fun(nodes, logw)`` (a one-start objective built on a k^d Gauss–Hermite
-    rule) for every start, doubling k along ``levels`` warm-started; a start leaves the sweep
+    """Maximize ``make_obj(k)`` (an :class:`numerics.optimize.Objective` on the k^d-node
+    Gauss–Hermite rule) for every start, doubling k along ``levels`` warm-started; a start leaves the sweep
     once two successive levels agree to tol·max(1, |value|) + its rounding bound ``rb``.
     Raises ConvergenceError(failure(start, decrement, iterations)) if Newton does not converge
     (also when the objective is not finite: ``failure`` gets a NaN decrement then)."""
@@ -116,8 +178,7 @@ def _refined_newton(make_fun, params: Tensor, args: tuple[Tensor, ...], rb: Tens
     active = torch.ones(B, dtype=torch.bool, device=device)
     for li, k in enumerate(levels):
         idx = active.nonzero().flatten()
-        nodes, logw = gauss_hermite(k, d, device=device)
-        res = newton_robust(make_fun(nodes, logw), params[idx], tuple(a[idx] for a in args), max_iter=max_iter,
+        res = newton_robust(make_obj(k), params[idx], tuple(a[idx] for a in args), max_iter=max_iter,
                             tol=1e-20, value_noise=rb[idx])
         bad = ~res.converged
         if bool(bad.any()):
@@ -146,9 +207,11 @@ def elbo_star(
     tol: float = 1e-13,
     max_iter: int = 100,
     z0s: Tensor | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> list[Estimate]:
     """ELBO*(x) (reduced) for a batch of items, each given by its posterior modes (from
-    :func:`numerics.posterior.find_modes`).
+    :func:`numerics.posterior.find_modes`).  Node sums are evaluated in chunks within
+    ``max_memory`` bytes (:class:`numerics.optimize.NodeSumObjective`).
 
     Every mode of an item is a start (the sup over local optima is taken: for a
     non-injective decoder the mean-field q can only cover one mode).  Start: μ = ẑ_j,
@@ -193,8 +256,9 @@ def elbo_star(
         return (f"ELBO* optimizer did not converge at {where}, γ² = {posts[b].gamma2:g} (Newton decrement "
                 f"{dec:.3e} after {its} iterations)")
 
+    costs = model_costs(model).setdefault("elbo", {})
     ref = _refined_newton(
-        lambda nodes, logw: _elbo_red_scaled(model, nodes, logw), params, (Xb, Eb, Mb), rb, levels, tol, max_iter, d,
+        lambda k: elbo_objective(model, k, device, max_memory, costs), params, (Xb, Eb, Mb), rb, levels, tol, max_iter, d,
         failure,
     )
     params, value, dec, gnorm, n_levels = ref.params, ref.value, ref.dec, ref.gnorm, ref.n_levels
@@ -244,7 +308,49 @@ def _elbo_red_fullcov(model: Model, nodes: Tensor, logw: Tensor):
     return fn
 
 
-def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[int] | None = None, tol: float = 1e-13) -> list[Estimate]:
+def _elbo_red_fullcov_parts(model: Model):
+    """:func:`_elbo_red_fullcov` split into a node part and the rest, as :func:`_elbo_red_parts`."""
+    d = model.d
+    closed = _closed_form_factors(model)
+    quad = [k for k in range(d) if k not in closed]
+    rows, cols = torch.tril_indices(d, d, offset=-1)
+
+    def chol(params: Tensor) -> Tensor:
+        logdiag, off = params[d : 2 * d], params[2 * d :]
+        L = torch.diag(torch.exp(logdiag))
+        if off.numel():
+            L = L + torch.zeros(d, d, dtype=params.dtype, device=params.device).index_put((rows, cols), off)
+        return L
+
+    def part(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor, nodes: Tensor, logw: Tensor) -> Tensor:
+        w = torch.exp(logw)
+        L = chol(params)
+        mu = mu_base + torch.sqrt(eps) * params[:d]
+        z = mu + torch.sqrt(eps) * (nodes @ L.T)
+        r = x - model.decoder(z)
+        fit = (w * (r * r).sum(-1)).sum() / (2 * eps)
+        if not closed:
+            prior = (w * model.prior.log_prob(z)).sum()
+        else:
+            prior = sum(((w * model.prior.factors[k].log_prob(z[..., k])).sum() for k in quad),
+                        torch.zeros((), dtype=z.dtype, device=z.device))
+        return prior - fit
+
+    def glob(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor) -> Tensor:
+        out = 0.5 * d + params[d : 2 * d].sum()
+        if closed:
+            L = chol(params)
+            mu = mu_base + torch.sqrt(eps) * params[:d]
+            var = eps * (L * L).sum(-1)
+            for k in closed:
+                out = out + model.prior.factors[k].gaussian_expectation(mu[k], var[k])
+        return out
+
+    return part, glob
+
+
+def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[int] | None = None, tol: float = 1e-13,
+                      max_memory: int = DEFAULT_MAX_MEMORY) -> list[Estimate]:
     """sup over full-covariance Gaussians q = N(μ, Σ) of the ELBO (reduced), docs/theory.md C14.
 
     Same scaled parametrization, quadrature refinement and Newton method as
@@ -265,8 +371,16 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     params = torch.stack(P)
     args = (torch.stack(X), torch.tensor(E, dtype=torch.float64, device=device), torch.stack(Mb))
     rb = torch.tensor([rounding_bound(pm.x, pm.gamma2, d) for pm in posts], dtype=torch.float64, device=device)
+    part, glob = _elbo_red_fullcov_parts(model)
+    costs = model_costs(model).setdefault("elbo_fullcov", {})
+
+    def make_obj(k: int) -> Objective:
+        return NodeSumObjective(lambda: _elbo_red_fullcov(model, *gauss_hermite(k, d, device=device)), part, glob,
+                                TensorRule(k, d, device=device), max_memory,
+                                what=f"full-covariance ELBO* on the {k}^{d}-node tensor rule", costs=costs)
+
     ref = _refined_newton(
-        lambda nodes, logw: _elbo_red_fullcov(model, nodes, logw), params, args, rb, levels, tol, 100, d,
+        make_obj, params, args, rb, levels, tol, 100, d,
         lambda i, dec, its: f"full-covariance ELBO* did not converge at γ² = {posts[i].gamma2:g} "
         f"(Newton decrement {dec:.3e} after {its} iterations)",
     )

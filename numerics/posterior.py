@@ -16,6 +16,9 @@ a sum of O(1) terms at every γ² (no cancellation between large numbers).  Seve
 w_j(z) = a_j q_j(z)² / Σ_i a_i q_i(z)² built from the Laplace Gaussians q_j (a_j from the masses):
 ∫ e^φ = Σ_j ∫ e^φ w_j, each term integrated in the coordinates of its own mode.  This is
 exact whatever the overlap of the modes.
+
+Memory: the log-sum-exp over the nodes runs in chunks of nodes sized to a byte budget
+(:class:`IntegrationRule`), so no array grows as (nodes × modes) past ``max_memory``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,17 @@ from torch.func import hessian, vmap
 
 from .estimate import Estimate
 from .models import Model
-from .optimize import ConvergenceError, NewtonResult, newton_maximize
-from .quadrature import LOG_2PI, UNIT_ROUNDOFF, gauss_hermite, refinement_levels
+from .optimize import ConvergenceError, NewtonResult, allocation_probe, as_objective, model_costs, newton_maximize
+from .quadrature import (
+    DEFAULT_MAX_MEMORY,
+    LOG_2PI,
+    UNIT_ROUNDOFF,
+    MemoryBudgetError,
+    TensorRule,
+    format_bytes,
+    gauss_hermite,
+    refinement_levels,
+)
 
 Tensor = torch.Tensor
 
@@ -68,14 +80,13 @@ def newton_robust(fun, x0: Tensor, args: tuple[Tensor, ...] = (), **kwargs) -> N
     them: items whose start has a non-finite value, gradient or Hessian are not run, and when
     the batched run still fails in linear algebra (a Hessian that turns non-finite on the way,
     e.g. near a singularity of log or sqrt) every item is rerun alone.  Failed items come back
-    with ``converged`` False and NaN values, so callers report them by name instead of crashing."""
-    from torch.func import grad, hessian, vmap
-
+    with ``converged`` False and NaN values, so callers report them by name instead of crashing.
+    ``fun``: a one-item function or an :class:`numerics.optimize.Objective`."""
+    obj = as_objective(fun)
     B = x0.shape[0]
     with torch.no_grad():
-        v0 = vmap(fun)(x0, *args)
-        g0 = vmap(grad(fun))(x0, *args)
-        h0 = vmap(hessian(fun))(x0, *args)
+        v0 = obj.value(x0, args)
+        g0, h0 = obj.derivatives(x0, args)
     ok = torch.isfinite(v0) & torch.isfinite(g0).all(-1) & torch.isfinite(h0).flatten(1).all(-1)
 
     def failed(n: int) -> NewtonResult:
@@ -89,7 +100,7 @@ def newton_robust(fun, x0: Tensor, args: tuple[Tensor, ...] = (), **kwargs) -> N
         sub = tuple(a[idx] for a in args)
         noise = kwargs.get("value_noise")
         kw = dict(kwargs, value_noise=None if noise is None else noise[idx])
-        return newton_maximize(fun, x0[idx], sub, **kw)
+        return newton_maximize(obj, x0[idx], sub, start=(v0[idx], g0[idx], h0[idx]), **kw)
 
     out = failed(B)
     out.x = x0.clone()
@@ -308,6 +319,75 @@ def gh_rule(k: int, d: int, device) -> tuple[Tensor, Tensor]:
     return u, logw + 0.5 * (u * u).sum(-1) + 0.5 * d * LOG_2PI
 
 
+@dataclass
+class IntegrationRule:
+    """A rule for ∫ g(u) du ≈ Σ_i exp(logw_i) g(u_i) over R^d with ``size`` nodes, handed out in
+    chunks (``chunk(start, stop) -> (u, logw)``), and the byte budget ``max_memory`` that the
+    sums over its nodes must respect.  ``costs`` caches the measured bytes per node of the
+    integrands (shared between rules of one evaluation)."""
+
+    size: int
+    d: int
+    chunk: Any
+    max_memory: int = DEFAULT_MAX_MEMORY
+    costs: dict | None = None
+    label: str = ""
+
+    @classmethod
+    def from_arrays(cls, u: Tensor, logw: Tensor, max_memory: int = DEFAULT_MAX_MEMORY, costs: dict | None = None) -> "IntegrationRule":
+        return cls(int(u.shape[0]), int(u.shape[1]), lambda a, b: (u[a:b], logw[a:b]), max_memory, costs)
+
+    @classmethod
+    def gauss_hermite(cls, k: int, d: int, device, max_memory: int = DEFAULT_MAX_MEMORY,
+                      costs: dict | None = None) -> "IntegrationRule":
+        """:func:`gh_rule` (k^d nodes), generated chunk by chunk (the whole rule only when asked for)."""
+        tr = TensorRule(k, d, device=device)
+
+        def chunk(a: int, b: int) -> tuple[Tensor, Tensor]:
+            if a == 0 and b >= tr.size:
+                return gh_rule(k, d, device)
+            u, logw = tr.chunk(a, b)
+            return u, logw + 0.5 * (u * u).sum(-1) + 0.5 * d * LOG_2PI
+
+        return cls(tr.size, d, chunk, max_memory, costs, f"{k}^{d} Gauss–Hermite")
+
+    def nodes_per_chunk(self, key: Any, terms) -> int:
+        """How many nodes one call of ``terms(u, logw)`` (the per-node log-integrand, plus its
+        own temporaries) may take within the budget: measured with
+        :func:`numerics.optimize.allocation_probe` (cached under ``key``).  Raises
+        MemoryBudgetError when not even one node fits."""
+        costs = self.costs if self.costs is not None else {}
+        if key not in costs:
+            costs[key] = allocation_probe(lambda n: terms(*self.chunk(0, n)), self.size)
+        fixed, per = costs[key]
+        per = per + 8.0 * (self.d + 1)
+        n = int((self.max_memory - fixed) // per)
+        if n < 1:
+            raise MemoryBudgetError(f"log p: one node of the {self.label or 'quadrature'} rule needs "
+                                    f"{format_bytes(fixed + per)}, more than the memory budget "
+                                    f"{format_bytes(self.max_memory)} (raise --max-memory)")
+        return n
+
+
+def _as_rule(rule: "IntegrationRule | tuple[Tensor, Tensor]", model: Model) -> IntegrationRule:
+    """``rule`` as an :class:`IntegrationRule` (arrays get the default budget); without a cost
+    cache of its own it uses the model's (:func:`numerics.optimize.model_costs`)."""
+    r = rule if isinstance(rule, IntegrationRule) else IntegrationRule.from_arrays(*rule)
+    if r.costs is None:
+        r.costs = model_costs(model).setdefault("log_px", {})
+    return r
+
+
+def _chunked_logsumexp(rule: IntegrationRule, terms, key: Any) -> Tensor:
+    """logsumexp over all nodes of ``terms(u, logw)`` (one log-term per node), chunk by chunk
+    within the rule's budget; one call when the whole rule fits (then exactly the unchunked sum)."""
+    c = rule.nodes_per_chunk(key, terms)
+    if c >= rule.size:
+        return torch.logsumexp(terms(*rule.chunk(0, rule.size)), 0)
+    parts = [torch.logsumexp(terms(*rule.chunk(a, a + c)), 0) for a in range(0, rule.size, c)]
+    return torch.logsumexp(torch.stack(parts), 0)
+
+
 def sinh_trapezoid_rule(h: float, d: int, device, T: float = 8.0) -> tuple[Tensor, Tensor]:
     """Product trapezoid rule in t with u = sinh(t), t ∈ [−T, T] step h, for ∫ g(u) du over R^d:
     logw = d·log h + Σ log cosh(t).  The sinh map reaches |u| ≤ sinh(8) ≈ 1490, so algebraic
@@ -330,28 +410,33 @@ def _log_integral_chart(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Te
     modes are close enough for a bridge of posterior mass between them to matter, the
     partition of unity becomes steep there and spoils the convergence of the per-mode rules."""
     d = model.d
-    u, logw = rule
+    rule = _as_rule(rule, model)
     L0 = pm.scale(0)
     c = pm.modes.mean(0)
-    z = c + u @ L0.T
-    psi = log_joint(model, z, pm.x, pm.gamma2)
-    psi = torch.where(torch.isnan(psi), torch.full_like(psi, -math.inf), psi)
+
+    def terms(u: Tensor, logw: Tensor) -> Tensor:
+        z = c + u @ L0.T
+        psi = log_joint(model, z, pm.x, pm.gamma2)
+        psi = torch.where(torch.isnan(psi), torch.full_like(psi, -math.inf), psi)
+        return logw + psi
+
     logdet = float(-torch.log(torch.diagonal(pm.chol[0])).sum()) + 0.5 * d * math.log(pm.eps)
-    return float(logdet + torch.logsumexp(logw + psi, 0)) + 0.5 * d * math.log(pm.gamma2 / (2 * math.pi))
+    return float(logdet + _chunked_logsumexp(rule, terms, ("chart", 1))) + 0.5 * d * math.log(pm.gamma2 / (2 * math.pi))
 
 
 def _log_integral(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Tensor]) -> float:
     """log_px_red with a rule (u, logw) for ∫ g(u) du applied per mode in its scaled
     coordinates z = ẑ_j + L_j u, combined by the partition of unity (see module doc)."""
     d = model.d
-    u, logw = rule
+    rule = _as_rule(rule, model)
     m = pm.count
     eps = pm.eps
     terms = []
     scales = [pm.scale(j) for j in range(m)]
     logdets = [float(-torch.log(torch.diagonal(pm.chol[j])).sum()) + 0.5 * d * math.log(eps) for j in range(m)]
     log_pi = pm.log_mass - torch.logsumexp(pm.log_mass, 0)
-    for j in range(m):
+
+    def mode_terms(j: int, u: Tensor, logw: Tensor) -> Tensor:
         z = pm.modes[j] + u @ scales[j].T  # (N, d)
         psi = log_joint(model, z, pm.x, pm.gamma2)
         if m > 1:
@@ -365,8 +450,11 @@ def _log_integral(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Tensor])
             lq_t = torch.stack(lq)  # (m, N)
             psi = psi + lq_t[j] - torch.logsumexp(lq_t, 0)
         psi = torch.where(torch.isnan(psi), torch.full_like(psi, -math.inf), psi)
+        return logw + psi
+
+    for j in range(m):
         # ∫ e^φ w_j dz = |det L_j| ∫ e^{φ(ẑ_j + L_j u)} w_j du
-        terms.append(logdets[j] + torch.logsumexp(logw + psi, 0))
+        terms.append(logdets[j] + _chunked_logsumexp(rule, lambda u, lw, j=j: mode_terms(j, u, lw), ("modes", m)))
     log_int = torch.logsumexp(torch.stack(terms), 0)
     return float(log_int) + 0.5 * d * math.log(pm.gamma2 / (2 * math.pi))
 
@@ -469,10 +557,14 @@ def kink_split_rule(pm: PosteriorModes, kinks: list[tuple[int, float]], h: float
 
 def _log_integral_z(model: Model, pm: PosteriorModes, rule: tuple[Tensor, Tensor]) -> float:
     """log_px_red with a rule (z, logw) for ∫ g(z) dz directly in z (no chart)."""
-    z, logw = rule
-    psi = log_joint(model, z, pm.x, pm.gamma2)
-    psi = torch.where(torch.isnan(psi), torch.full_like(psi, -math.inf), psi)
-    return float(torch.logsumexp(logw + psi, 0)) + 0.5 * model.d * math.log(pm.gamma2 / (2 * math.pi))
+    rule = _as_rule(rule, model)
+
+    def terms(z: Tensor, logw: Tensor) -> Tensor:
+        psi = log_joint(model, z, pm.x, pm.gamma2)
+        psi = torch.where(torch.isnan(psi), torch.full_like(psi, -math.inf), psi)
+        return logw + psi
+
+    return float(_chunked_logsumexp(rule, terms, ("z", 1))) + 0.5 * model.d * math.log(pm.gamma2 / (2 * math.pi))
 
 
 def log_marginal_gh(
@@ -480,6 +572,8 @@ def log_marginal_gh(
     pm: PosteriorModes,
     levels: list[int] | None = None,
     tol: float = 1e-12,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    costs: dict | None = None,
 ) -> Estimate:
     """log p_γ(x), reduced (see module doc), by Gauss–Hermite with node refinement.
 
@@ -495,11 +589,19 @@ def log_marginal_gh(
     (the last refinement difference, or a geometric-tail bound when the refinement did not
     converge) plus :func:`rounding_bound`; ``diagnostics["converged"]`` is False when no rule met
     the tolerance.
+
+    The log-sum-exp over the nodes runs in chunks within ``max_memory`` bytes
+    (:class:`IntegrationRule`; ``costs``: a dict caching the measured bytes per node, shared
+    between calls on the same model).
     """
     d = model.d
     device = pm.modes.device
     levels = levels or refinement_levels(d)
     rb = rounding_bound(pm.x, pm.gamma2, d)
+    costs = model_costs(model).setdefault("log_px", {}) if costs is None else costs
+
+    def arrays(rule: tuple[Tensor, Tensor]) -> IntegrationRule:
+        return IntegrationRule.from_arrays(*rule, max_memory=max_memory, costs=costs)
 
     def sweep(rules, integral=_log_integral) -> tuple[list[float], list, bool]:
         vals: list[float] = []
@@ -520,14 +622,15 @@ def log_marginal_gh(
             "--log-px-method is (importance sampling) or a larger γ²")
     if kinks:
         # the kink of a Laplace prior inside the bulk: a rule split at the kink (error estimable by halving h)
-        vals, used, conv = sweep([(f"split h={h}", (lambda h=h: kink_split_rule(pm, kinks, h)))
+        vals, used, conv = sweep([(f"split h={h}", (lambda h=h: arrays(kink_split_rule(pm, kinks, h))))
                                   for h in (0.2, 0.1, 0.05, 0.025)], integral=_log_integral_z)
         method = "kink_split_trapezoid"
     else:
-        vals, used, conv = sweep([(k, (lambda k=k: gh_rule(k, d, device))) for k in levels])
+        vals, used, conv = sweep([(k, (lambda k=k: IntegrationRule.gauss_hermite(k, d, device, max_memory, costs)))
+                                  for k in levels])
         method = "gauss_hermite"
     if not conv and not kinks and d <= 2:
-        tvals, tused, tconv = sweep([(f"h={h}", (lambda h=h: sinh_trapezoid_rule(h, d, device))) for h in (0.2, 0.1, 0.05, 0.025)],
+        tvals, tused, tconv = sweep([(f"h={h}", (lambda h=h: arrays(sinh_trapezoid_rule(h, d, device)))) for h in (0.2, 0.1, 0.05, 0.025)],
                                     integral=_log_integral_chart)
         if abs(tvals[-1] - tvals[-2]) < abs(vals[-1] - vals[-2]):
             vals, used, conv, method = tvals, tused, tconv, "sinh_trapezoid"

@@ -1,4 +1,12 @@
-"""Tensor-product Gauss–Hermite rules for expectations under N(0, I_d)."""
+"""Tensor-product Gauss–Hermite rules for expectations under N(0, I_d), whole or in chunks, and
+the memory budget that every node sum of the estimators is processed within.
+
+Memory bounded by design: an estimator never materializes an array of (nodes × items)
+without checking it against a byte budget ``max_memory`` (default :data:`DEFAULT_MAX_MEMORY`):
+rules are generated chunk by chunk (:class:`TensorRule`), node sums (values, gradients,
+Hessians, log-sum-exps) are accumulated over chunks sized by a measured cost per node
+(:func:`numerics.optimize.allocation_probe`), and a request that cannot fit raises
+:class:`MemoryBudgetError`."""
 
 from __future__ import annotations
 
@@ -9,7 +17,51 @@ import math
 import numpy as np
 import torch
 
+from .models import ModelError
+
 Tensor = torch.Tensor
+
+#: Default byte budget of the working memory of one estimator call (node chunks × items):
+#: 1 GiB, so that a whole evaluation stays well under 2 GB resident.
+DEFAULT_MAX_MEMORY = 1 << 30
+#: Largest tensor rule (nodes per item) a refinement uses: a time limit, not a memory one (node
+#: sums are chunked).  At d = 3 it allows 64³ nodes (ELBO* Newton: ~1 s per item and iteration).
+MAX_TENSOR_NODES = 2**20
+
+
+class MemoryBudgetError(ModelError):
+    """A computation cannot be done within the memory (or node-count) budget; the message names
+    the budget, what was needed and a method that would fit."""
+
+
+def parse_memory(text: str | int) -> int:
+    """Bytes from ``"2G"``, ``"500M"``, ``"64k"``, ``"1.5GiB"`` or a plain number of bytes
+    (K/M/G/T are powers of 1024).  Raises ValueError on anything else or a size below 1 KiB
+    (a bare ``2`` is more likely a forgotten suffix than a budget of two bytes)."""
+    if isinstance(text, int):
+        value = text
+    else:
+        t = str(text).strip().lower().removesuffix("b").removesuffix("i")
+        mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(t[-1:], 1)
+        num = t[:-1] if t[-1:] in "kmgt" and t else t
+        try:
+            f = float(num)
+        except ValueError:
+            raise ValueError(f"memory size {text!r}: expected a number with an optional K, M, G or T suffix, e.g. 2G or 500M") from None
+        if not math.isfinite(f) or f <= 0:
+            raise ValueError(f"memory size {text!r} must be a positive number")
+        value = int(f * mult)
+    if value < 1 << 10:
+        raise ValueError(f"memory size {text!r} is below 1 KiB (a missing K, M or G?)")
+    return value
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for messages: 1.5 GiB, 300 MiB, ..."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,7 +98,37 @@ def gauss_hermite(k: int, d: int, dtype: torch.dtype = torch.float64, device: st
     return nodes, logw
 
 
-def refinement_levels(d: int, k_start: int | None = None, max_nodes: int = 2**20) -> list[int]:
+class TensorRule:
+    """The k^d-node tensor Gauss–Hermite rule for N(0, I_d), available whole (:meth:`whole`, the
+    arrays of :func:`gauss_hermite`) or as chunks of consecutive nodes (:meth:`chunk`, generated
+    from the node indices without building the whole grid; same nodes and order, log-weights
+    equal to rounding)."""
+
+    def __init__(self, k: int, d: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> None:
+        if k < 1 or d < 1:
+            raise ValueError("TensorRule needs k >= 1 and d >= 1")
+        self.k, self.d, self.dtype, self.device = k, d, dtype, device
+        self.size = k**d
+        x, w = _hermite_1d(k)
+        self._x = torch.as_tensor(x, dtype=dtype, device=device)
+        self._lw = torch.as_tensor(np.log(w), dtype=dtype, device=device)
+
+    def whole(self) -> tuple[Tensor, Tensor]:
+        """All nodes (k^d, d) and log-weights (k^d,) (:func:`gauss_hermite`)."""
+        return gauss_hermite(self.k, self.d, self.dtype, self.device)
+
+    def chunk(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Nodes ``start`` … ``stop − 1`` (row-major order, last coordinate fastest)."""
+        idx = torch.arange(start, min(stop, self.size), dtype=torch.long, device=self.device)
+        digits = []
+        for _ in range(self.d):
+            digits.append(idx % self.k)
+            idx = idx // self.k
+        digits = torch.stack(digits[::-1], -1)  # (c, d), most significant first
+        return self._x[digits], self._lw[digits].sum(-1)
+
+
+def refinement_levels(d: int, k_start: int | None = None, max_nodes: int = MAX_TENSOR_NODES) -> list[int]:
     """Node counts per dimension for a refinement sweep: doubling from k_start while the
     tensor rule stays within ``max_nodes`` nodes (at least two levels)."""
     if k_start is None:

@@ -57,7 +57,8 @@ def load_spec(spec: str | Path | Mapping[str, Any] | SymbolicModel, name: str | 
 
 
 def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: str = "auto", predictions: bool = True,
-             log_px_method: str = "gh", samples: int = 65536, seed: int = 0, workers: int | None = None,
+             log_px_method: str = "auto", elbo_method: str = "auto", max_memory: int | None = None,
+             samples: int = 65536, seed: int = 0, workers: int | None = None,
              scheduler: str | None = None, on_result: Callable[[Any], None] | None = None,
              keep_results: bool = True) -> Evaluation:
     """log p_γ(x), ELBO*(x), the gap log p − ELBO* and c_IMA(f, z0) at x = f(z0) for every latent
@@ -66,7 +67,9 @@ def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: st
     ``workers=N`` splits the latent points over a local Dask cluster of N processes,
     ``scheduler="tcp://host:8786"`` over an existing one (docs/distributed.md; the spec is then
     a path, TOML text or dict, and a script must call this under ``if __name__ == "__main__":``);
-    the numbers are those of the serial run.
+    the numbers are those of the serial run.  ``log_px_method`` (auto, gh, sparse, is),
+    ``elbo_method`` (auto, tensor, sparse) and ``max_memory`` (bytes) are those of `gapcheck
+    evaluate` (docs/json.md `method`, docs/performance.md).
 
     Returns an :class:`~proofs_check.evaluation.Evaluation`: ``.results`` (one
     :class:`numerics.sweep.PointResult` per point and γ²), ``.to_dict()`` (the JSON of
@@ -76,20 +79,28 @@ def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: st
     generated ``latents = {sample = ...}``) take no memory: ``.results`` is then empty and
     ``.count`` says how many there were."""
     sym = load_spec(spec)
-    if log_px_method not in ("gh", "is"):
-        raise SpecError(f"log_px_method must be 'gh' or 'is', got {log_px_method!r}")
+    from numerics.sweep import ELBO_METHODS, LOG_PX_METHODS
+
+    if log_px_method not in LOG_PX_METHODS:
+        raise SpecError(f"log_px_method must be one of {', '.join(LOG_PX_METHODS)}, got {log_px_method!r}")
+    if elbo_method not in ELBO_METHODS:
+        raise SpecError(f"elbo_method must be one of {', '.join(ELBO_METHODS)}, got {elbo_method!r}")
+    if max_memory is not None and max_memory < 1:
+        raise SpecError("max_memory must be a positive number of bytes")
     if samples < 2:
         raise SpecError("samples must be at least 2")
     cluster = _cluster(workers, scheduler)
     if cluster is not None:
         from .distributed import SpecSweep
 
-        options = {"device": device, "predictions": predictions, "log_px_method": log_px_method, "is_samples": samples, "seed": seed}
+        options = {"device": device, "predictions": predictions, "log_px_method": log_px_method, "is_samples": samples, "seed": seed,
+                   "elbo_method": elbo_method, "max_memory": max_memory}
         with SpecSweep([(_spec_source(spec, sym), sym)], options, cluster) as sweep:
             return sweep.result(0)
     with torch_threads():
         return evaluate_spec(sym, device=device, predictions=predictions, log_px_method=log_px_method,
-                             is_samples=samples, seed=seed, on_result=on_result, keep_results=keep_results)
+                             elbo_method=elbo_method, max_memory=max_memory, is_samples=samples, seed=seed,
+                             on_result=on_result, keep_results=keep_results)
 
 
 def _cluster(workers: int | None, scheduler: str | None) -> Any:

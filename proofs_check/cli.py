@@ -104,6 +104,16 @@ def format_summary(ev, stats: dict[str, Any], path: str) -> str:
     return "\n".join(lines)
 
 
+def _memory_size(text: str) -> int:
+    """argparse type of --max-memory: bytes from 2G, 500M, ... (numerics.quadrature.parse_memory)."""
+    from numerics.quadrature import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from theory.spec import load_spec
 
@@ -149,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     stats["skipped"] += 1
                     stats["skip_reason"] = r.prediction_skipped
 
-            big = rows > 64
+            big = rows > 64 or sym.d > 3
             if sweep is not None:
                 ev = sweep.next_result(on_result=emit)
             else:
@@ -184,7 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
     """evaluate_spec's options from `gapcheck evaluate`'s arguments (the serial and the Dask run)."""
     return {"device": args.device, "predictions": not args.no_prediction, "log_px_method": args.log_px_method,
-            "is_samples": args.samples, "seed": args.seed}
+            "is_samples": args.samples, "seed": args.seed, "elbo_method": args.elbo_method, "max_memory": args.max_memory}
 
 
 def _cluster(args: argparse.Namespace):
@@ -328,10 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar (shown for specs with more than 64 evaluations)")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default: auto = CUDA if available)")
     ev.add_argument("--no-prediction", action="store_true", help="skip the symbolic expansion (prediction) for each result")
-    ev.add_argument("--log-px-method", choices=["gh", "is"], default="gh",
-                    help="log p by Gauss-Hermite quadrature (default; error ~1e-13, cost grows as K^d) or by importance "
-                    "sampling (error = one standard error, cost linear in d; ELBO* still uses a tensor rule, cost K^d)")
-    ev.add_argument("--samples", type=int, default=65536, help="importance samples for --log-px-method is (default 65536)")
+    ev.add_argument("--log-px-method", choices=["auto", "gh", "sparse", "is"], default="auto",
+                    help="log p by: gh = tensor Gauss-Hermite quadrature (error ~1e-13 where it converges, nodes grow as K^d: "
+                    "d <= 8); sparse = Smolyak sparse-grid quadrature (nodes grow like (2d)^L/L!); is = randomized "
+                    "quasi-Monte Carlo importance sampling from the Laplace approximation (error = one standard error "
+                    "over 16 scrambled replicates, cost linear in d and in --samples); auto (default) = gh for d <= 3, "
+                    "else sparse, and is where the sparse levels do not converge and sampling is more accurate. The method used is "
+                    "reported per row")
+    ev.add_argument("--elbo-method", choices=["auto", "tensor", "sparse"], default="auto",
+                    help="ELBO* by Newton on a tensor Gauss-Hermite rule (nodes grow as K^d: d <= 8) or on a sparse grid "
+                    "(d up to ~30); auto (default) = tensor for d <= 3, else sparse")
+    ev.add_argument("--max-memory", metavar="SIZE", type=_memory_size, default=None,
+                    help="memory budget of the quadrature and sampling sums, e.g. 2G or 500M (default 1G); node sums run "
+                    "in chunks that fit it, and a request that cannot fit is refused (exit 2) naming a method that would")
+    ev.add_argument("--samples", type=int, default=65536, help="importance-sampling draws per log p for --log-px-method is "
+                    "or auto (in all: 16 replicates of the largest power of 2 that fits; default 65536)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the importance sampler (default 0)")
     _add_cluster_options(ev, "evaluate the specs (and chunks of their points)")
     ev.set_defaults(func=cmd_evaluate)

@@ -92,10 +92,10 @@ def result_row(r: PointResult) -> dict[str, Any]:
     return row
 
 
-def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = True, log_px_method: str = "gh",
+def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = True, log_px_method: str = "auto",
                   is_samples: int = 65536, seed: int = 0, progress: bool = False,
                   on_result: Callable[[PointResult], None] | None = None, chunk: int | None = None,
-                  keep_results: bool = True) -> Evaluation:
+                  keep_results: bool = True, elbo_method: str = "auto", max_memory: int | None = None) -> Evaluation:
     """Run `gapcheck evaluate` on a parsed spec; raises SpecError/ModelError on bad input.
 
     The latent points are evaluated ``chunk`` at a time (default: :data:`POINT_CHUNK` evaluations'
@@ -103,7 +103,9 @@ def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = 
     points; ``on_result`` is called with each result as soon as its chunk is done (streaming,
     e.g. JSON Lines), and ``progress`` shows a tqdm bar over the points on stderr.  With ``keep_results=False`` the results are only handed to
     ``on_result`` (``Evaluation.results`` stays empty; ``Evaluation.count`` counts them), so that
-    10^6 rows streamed to a file take no memory."""
+    10^6 rows streamed to a file take no memory.  ``log_px_method``, ``elbo_method`` and
+    ``max_memory`` (bytes; None: numerics.quadrature.DEFAULT_MAX_MEMORY) choose the estimators and
+    their memory budget (:func:`numerics.sweep.evaluate_points`)."""
     if not sym.gamma2:
         raise SpecError("spec has no 'gamma2' (a list of decoder precisions γ² > 0)")
     if not len(sym.points):
@@ -128,7 +130,8 @@ def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = 
             arr = np.array(point_floats(sym.points, i, min(total, i + chunk)), dtype=np.float64)
             pts = list(torch.from_numpy(arr).to(dev).unbind(0))
             part = evaluate_points(model, pts, list(sym.gamma2), log_px_method=log_px_method,
-                                   is_samples=is_samples, seed=seed)
+                                   is_samples=is_samples, seed=seed, elbo_method=elbo_method, max_memory=max_memory,
+                                   progress=progress and sym.d > 3)
             if predictions:
                 attach_predictions(sym, part, log_normalizer=log_norm)
             for r in part:

@@ -354,7 +354,8 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
     """sup over full-covariance Gaussians q = N(μ, Σ) of the ELBO (reduced), docs/theory.md C14.
 
     Same scaled parametrization, quadrature refinement and Newton method as
-    :func:`elbo_star`; start: μ = ẑ (main mode), Σ = the Laplace covariance.
+    :func:`elbo_star`; start: μ = ẑ (main mode), Σ = the Laplace covariance.  ``argmax`` of each
+    Estimate: ``{"mu": μ*, "L": L*}`` with the optimal q = N(μ*, L* L*ᵀ) (L* lower triangular).
     """
     d = model.d
     device = posts[0].x.device
@@ -385,8 +386,14 @@ def elbo_star_fullcov(model: Model, posts: list[PosteriorModes], levels: list[in
         f"(Newton decrement {dec:.3e} after {its} iterations)",
     )
     out = []
-    for b in range(len(posts)):
+    for b, pm in enumerate(posts):
         df, _ = ref.error(b, tol * max(1.0, abs(float(ref.value[b]))) + float(rb[b]))
         err = df + float(ref.dec[b]) + float(rb[b]) + value_rounding(float(ref.value[b]))
-        out.append(Estimate(float(ref.value[b]), err, "gauss_hermite_newton_fullcov", "refinement", {"reduced": True}))
+        th = ref.params[b]
+        se = math.sqrt(pm.eps)
+        L = torch.diag(torch.exp(th[d:2 * d]))
+        if d > 1:
+            L[rows, cols] = th[2 * d:]
+        argmax = {"mu": pm.modes[0] + se * th[:d], "L": se * L}  # q = N(μ*, L Lᵀ)
+        out.append(Estimate(float(ref.value[b]), err, "gauss_hermite_newton_fullcov", "refinement", {"reduced": True}, argmax))
     return out

@@ -249,14 +249,15 @@ def experiment(names: Sequence[str] | None = None, *, mode: str = "quick", seeds
         return run_experiments(names, mode=mode, device=device, seeds=seeds, out=out, progress=progress, plots=plots)
 
 
-def certify(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, prec: int | None = None, progress: bool = False) -> list[Any]:
+def certify(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, prec: int | None = None, progress: bool = False,
+            full_cov: bool = True) -> list[Any]:
     """`gapcheck certify`: rigorous Arb ball enclosures of log p, ELBO* (mean-field), the gap and
     c_IMA at every latent point and γ² of a d ≤ 2 spec (docs/certified.md).  One
     ``proofs_check.certification.CertifiedRow`` per point and γ²: ``intervals`` (decimal strings rounded
     outward), ``status`` per quantity (certified / lower or upper bound only / not certified: why),
-    ``to_dict()``."""
+    ``to_dict()``.  ``full_cov`` adds the full-covariance ELBO* and its gap (``--no-full-cov`` off)."""
     from .certification import certify_spec
 
     sym = load_spec(spec)
     with torch_threads():
-        return certify_spec(sym, prec=prec, progress=progress)
+        return certify_spec(sym, prec=prec, progress=progress, full_cov=full_cov)

@@ -780,32 +780,12 @@ def _fast_hints(sym: SymbolicModel, point, gamma2: float, full_cov: bool = False
 
 
 def _fast_fullcov_optimum(model, pm) -> tuple[list[float], list[list[float]]]:
-    """The fast path's full-covariance optimum (μ, L), Σ = L Lᵀ: numerics.elbo.elbo_star_fullcov
-    reports only the value, so its optimizer (the same start, refinement and Newton method)
-    is run here to read off the maximiser.  A hint only."""
-    import torch
+    """The fast path's full-covariance optimum (μ, L), Σ = L Lᵀ, from
+    numerics.elbo.elbo_star_fullcov's ``argmax``.  A hint only: the proof does not rely on it."""
+    from numerics.elbo import elbo_star_fullcov
 
-    from numerics import elbo as ne
-    from numerics.posterior import rounding_bound
-    from numerics.quadrature import refinement_levels
-
-    d = model.d
-    rows, cols = torch.tril_indices(d, d, offset=-1)
-    Ht = pm.chol[0] @ pm.chol[0].T
-    Lc = torch.linalg.cholesky(torch.linalg.inv(Ht))
-    params = torch.cat([torch.zeros(d, dtype=torch.float64), torch.log(torch.diagonal(Lc)), Lc[rows, cols]]).unsqueeze(0)
-    args = (pm.x.unsqueeze(0), torch.tensor([pm.eps], dtype=torch.float64), pm.modes[0].unsqueeze(0))
-    rb = torch.tensor([rounding_bound(pm.x, pm.gamma2, d)], dtype=torch.float64)
-    ref = ne._refined_newton(lambda nodes, logw: ne._elbo_red_fullcov(model, nodes, logw), params, args, rb,
-                             refinement_levels(d), 1e-13, 100, d,
-                             lambda i, dec, its: f"full-covariance ELBO* did not converge (decrement {dec:.3e})")
-    th = ref.params[0]
-    se = math.sqrt(pm.eps)
-    L = torch.diag(torch.exp(th[d:2 * d]))
-    if d > 1:
-        L[rows, cols] = th[2 * d:]
-    mu = pm.modes[0] + se * th[:d]
-    return mu.tolist(), (se * L).tolist()
+    est = elbo_star_fullcov(model, [pm])[0]
+    return est.argmax["mu"].tolist(), est.argmax["L"].tolist()
 
 
 def certify_point(sym: SymbolicModel, point: Sequence[sp.Expr], gamma2: float, prec: int | None = None,

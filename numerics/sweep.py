@@ -136,6 +136,8 @@ class PointResult:
                 **({"log_px_ess": self.log_px.diagnostics["ess"]} if "ess" in self.log_px.diagnostics else {}),
                 **({"log_px_samples": self.log_px.diagnostics["num_samples"]}
                    if "num_samples" in self.log_px.diagnostics else {}),
+                **({"log_px_proposal": self.log_px.diagnostics["proposal"]}
+                   if "proposal" in self.log_px.diagnostics else {}),
                 "elbo_levels": self.elbo_star.diagnostics["levels"],
                 "elbo_grad_norm": self.elbo_star.diagnostics["grad_norm"],
                 "elbo_newton_decrement": self.elbo_star.diagnostics["newton_decrement"],

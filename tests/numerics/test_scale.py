@@ -248,6 +248,7 @@ def test_method_reported_per_row() -> None:
     assert is_[0].method["log_px"] == "is" and "log_px_monte_carlo" in is_[0].flags
     assert is_[0].log_px.error_kind == "standard_error" and is_[0].gap.error_kind == "standard_error"
     assert is_[0].to_dict()["diagnostics"]["log_px_samples"] == 4096
+    assert is_[0].to_dict()["diagnostics"]["log_px_proposal"] in ("laplace", "laplace_t")
     assert abs(is_[0].log_px.value - gh[0].log_px.value) <= 4 * is_[0].log_px.error + gh[0].log_px.error
     sp = evaluate_points(model, z, [1e2], search_modes=False, log_px_method="sparse", elbo_method="sparse")
     assert sp[0].method == {"log_px": "sparse", "elbo_star": "sparse"}

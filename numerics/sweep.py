@@ -49,7 +49,7 @@ LOG_PX_METHODS = ("auto", "gh", "sparse", "is")
 #: ELBO*: "tensor" Gauss–Hermite, "sparse" sparse grid.
 ELBO_METHODS = ("auto", "tensor", "sparse")
 #: "auto" uses the tensor rules up to this dimension and sparse grids above: measured on the 2-core
-#: machine (docs/performance-scale.md), the tensor refinement is cheaper there for the same accuracy.
+#: machine (docs/performance.md), the tensor refinement is cheaper there for the same accuracy.
 AUTO_TENSOR_MAX_D = 3
 #: "auto" log p takes importance sampling instead of non-converged sparse levels when this many of
 #: its standard errors are below the sparse grid's error estimate.

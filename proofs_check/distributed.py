@@ -32,6 +32,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -316,7 +317,10 @@ def _claim_task(task: Mapping[str, Any]) -> dict[str, Any]:
                 _RUN.clear()
                 _RUN.update(key=task["run"], ctx=Context(mode=task["mode"], seed=task["seed"], device=task["device"]), sent=set())
             ctx = _RUN["ctx"]
-            with torch_threads(task["threads"]):
+            with torch_threads(task["threads"]), warnings.catch_warnings():
+                # the worker's own threads (Dask's event loop) draw from the global `random` while a
+                # property runs; hypothesis takes the changed state for the strategy's doing
+                warnings.filterwarnings("ignore", message="Do not use the `random` module inside strategies")
                 entries = [run_claim(c, ctx) for c in select_claims(task["claims"])]
             new = {k: v for k, v in ctx.cache.items() if _figure_data(k) and k not in _RUN["sent"]}
             _RUN["sent"].update(new)

@@ -68,34 +68,29 @@ def rows(ev) -> list[dict[str, Any]]:
 
 
 def test_whole_chunk_tasks_give_the_serial_numbers_bit_for_bit(tmp_path: Path) -> None:
-    """The worker function on runs of whole chunks, reassembled in plan order, equals one
-    serial evaluate_spec with the same chunk size exactly (==, not within an error)."""
+    """The worker functions as SpecSweep runs them — the numbers of runs of whole chunks, the
+    predictions as tasks of their own — reassembled in plan order, equal one serial
+    evaluate_spec with the same chunk size exactly (==, not within an error)."""
     path = tmp_path / "two.toml"
     path.write_text('decoder = ["z1 + 0.4*z2**2", "z2"]\nprior = "logistic"\ngamma2 = [10.0, 1e4]\n'
                     'latents = [[0.3, 1.1], [-0.8, -0.5]]\n', encoding="utf-8")
     sym = load_spec(path)
-    options = {"predictions": True, "chunk": 1}
-    serial = evaluate_spec(sym, **options)
-    source = dist.SpecSource.from_path(path)
-    plan = dist.plan_points([len(sym.points)], chunk=1, workers=2)
-    assert [(a, b) for _, a, b in plan] == [(0, 1), (1, 2)]
+    serial = evaluate_spec(sym, predictions=True, chunk=1)
+    source = dataclasses.asdict(dist.SpecSource.from_path(path))
+    numbers = dist.plan_points([len(sym.points)], chunk=1, workers=2)
+    assert [(a, b) for _, a, b in numbers] == [(0, 1), (1, 2)]
     got = []
-    for _, a, b in plan:
-        ans = dist._evaluate_task({"spec": dataclasses.asdict(source), "start": a, "stop": b, "options": options, "threads": 1})
-        assert "error" not in ans
+    for _, a, b in numbers:
+        ans = dist._evaluate_task({"spec": source, "start": a, "stop": b, "options": {"predictions": False, "chunk": 1}, "threads": 1})
+        assert "error" not in ans and all(r.prediction is None for r in ans["results"])
         got += ans["results"]
-    assert [r.to_dict() for r in got] == rows(serial)
-    assert got[0].prediction == serial.results[0].prediction is not None
-    # as SpecSweep runs it: the numbers without predictions, the predictions as tasks of their own
-    numbers = dist._evaluate_task({"spec": dataclasses.asdict(source), "start": 0, "stop": 2,
-                                   "options": {"predictions": False, "chunk": 1}, "threads": 1})["results"]
-    assert all(r.prediction is None for r in numbers)
     runs = []
-    for _, a, b in dist.plan_predictions([(0, 0, 2)], workers=2):
-        runs.append((a, b, dist._predict_task({"spec": dataclasses.asdict(source), "start": a, "stop": b, "threads": 1})["predictions"]))
+    for _, a, b in dist.plan_predictions(numbers, workers=2):
+        runs.append((a, b, dist._predict_task({"spec": source, "start": a, "stop": b, "threads": 1})["predictions"]))
     assert [(a, b) for a, b, _ in runs] == [(0, 1), (1, 2)]
-    dist.set_predictions(sym, numbers, runs)
-    assert [r.to_dict() for r in numbers] == rows(serial)
+    dist.set_predictions(sym, got, runs)
+    assert [r.to_dict() for r in got] == rows(serial)
+    assert got[0].prediction is not None and got[0].prediction is got[1].prediction  # one dict per point, as serially
 
 
 def test_plans_cut_whole_chunks_in_order() -> None:

@@ -507,10 +507,9 @@ class _Hessian(torch.autograd.Function):
         return _Hessian.apply(sums, params, x, eps, mub), 0
 
 
-class _Gradient(torch.autograd.Function):
-    @staticmethod
-    def forward(sums: _ElboSums, params, x, eps, mub):
-        return _flat(sums, sums.gradient, params, x, eps, mub, (params.shape[-1],))
+class _SavesArgs(torch.autograd.Function):
+    """The context of :class:`_Gradient` and :class:`_Value`: the sums object and the arguments,
+    kept for backward (reverse) and jvp (forward) derivatives, which come from the next-order sum."""
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -518,6 +517,12 @@ class _Gradient(torch.autograd.Function):
         ctx.sums = sums
         ctx.save_for_backward(params, x, eps, mub)
         ctx.save_for_forward(params, x, eps, mub)
+
+
+class _Gradient(_SavesArgs):
+    @staticmethod
+    def forward(sums: _ElboSums, params, x, eps, mub):
+        return _flat(sums, sums.gradient, params, x, eps, mub, (params.shape[-1],))
 
     @staticmethod
     def backward(ctx, gg):
@@ -537,17 +542,10 @@ class _Gradient(torch.autograd.Function):
         return _Gradient.apply(sums, params, x, eps, mub), 0
 
 
-class _Value(torch.autograd.Function):
+class _Value(_SavesArgs):
     @staticmethod
     def forward(sums: _ElboSums, params, x, eps, mub):
         return _flat(sums, sums.value, params, x, eps, mub, ())
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        sums, params, x, eps, mub = inputs
-        ctx.sums = sums
-        ctx.save_for_backward(params, x, eps, mub)
-        ctx.save_for_forward(params, x, eps, mub)
 
     @staticmethod
     def backward(ctx, gv):

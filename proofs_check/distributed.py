@@ -226,24 +226,14 @@ class SpecSource:
     @classmethod
     def from_path(cls, path: str | Path) -> SpecSource:
         """The spec file as theory.spec.load_spec reads it (same size limit, name and label)."""
-        from theory.spec import MAX_SPEC_BYTES, SpecError
+        from theory.spec import SpecError, read_spec_text
 
         path = Path(path)
-        shown = str(path) if str(path).isprintable() else ascii(str(path))
         if path.exists() and not path.is_file():
+            shown = str(path) if str(path).isprintable() else ascii(str(path))
             raise SpecError(f"{shown}: not a regular file; with --workers or --scheduler each spec file is read again "
                             "to send its text to the workers, so a pipe cannot be used")
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read(MAX_SPEC_BYTES + 1)
-        except OSError as exc:
-            raise SpecError(f"{shown}: cannot read spec: {exc.strerror}") from None
-        if len(raw) > MAX_SPEC_BYTES:
-            raise SpecError(f"{shown}: spec larger than {MAX_SPEC_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SpecError(f"{shown}: spec is not UTF-8 text") from None
+        text, shown = read_spec_text(path)
         return cls(text=text, name=path.stem, source=shown)
 
     def load(self) -> Any:

@@ -1132,10 +1132,10 @@ def _toml(text: str) -> dict[str, Any]:
         raise SpecError(f"malformed TOML: {str(exc).splitlines()[0][:MAX_ECHO]}") from None
 
 
-def load_spec(path: str | Path) -> SymbolicModel:
-    """Read and parse a TOML spec file; every failure is a :class:`SpecError` starting with the file.
-
-    At most :data:`MAX_SPEC_BYTES` bytes are read (so /dev/zero or a huge file is refused)."""
+def read_spec_text(path: str | Path) -> tuple[str, str]:
+    """(text, shown name) of a spec file: at most :data:`MAX_SPEC_BYTES` bytes are read (so
+    /dev/zero or a huge file is refused), UTF-8; every failure is a :class:`SpecError` starting
+    with the file (its name as printable text)."""
     path = Path(path)
     shown = str(path) if str(path).isprintable() else ascii(str(path))
     try:
@@ -1146,9 +1146,16 @@ def load_spec(path: str | Path) -> SymbolicModel:
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError(f"{shown}: spec larger than {MAX_SPEC_BYTES} bytes")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), shown
     except UnicodeDecodeError:
         raise SpecError(f"{shown}: spec is not UTF-8 text") from None
+
+
+def load_spec(path: str | Path) -> SymbolicModel:
+    """Read (:func:`read_spec_text`) and parse a TOML spec file; every failure is a
+    :class:`SpecError` starting with the file."""
+    path = Path(path)
+    text, shown = read_spec_text(path)
     try:
         return model_from_dict(_toml(text), default_name=path.stem, source=shown)
     except SpecError as exc:

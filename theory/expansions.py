@@ -647,20 +647,7 @@ def expand_at(model: SymbolicModel, point: Sequence[Any], log_normalizer: float 
     (unnormalized) prior to get normalized log p / ELBO* constants; it changes only
     ``log_px[0]`` and ``elbo_star[0]`` (the gap, μ*, s* do not depend on it).
     """
-    from .spec import exact_number
-
-    pt: list[sp.Expr] = []
-    for p in point:
-        if isinstance(p, sp.Float):
-            pt.append(exact_number(float(p)))
-        elif isinstance(p, sp.Basic):
-            pt.append(p)
-        elif isinstance(p, numbers.Integral):
-            pt.append(sp.Integer(int(p)))
-        elif isinstance(p, numbers.Real):
-            pt.append(exact_number(float(p)))
-        else:
-            pt.append(exact_number(p))
+    pt = _exact_point(point)
     if len(pt) != model.d:
         raise SpecError(f"dimension mismatch: point has {len(pt)} coordinates, model has d = {model.d}")
     return _expand(model, pt, sp.sympify(log_normalizer), symbolic=False)

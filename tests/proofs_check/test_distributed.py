@@ -310,6 +310,17 @@ def dask_cluster() -> Iterator[str]:
             client.wait_for_workers(2, timeout=120)
         yield address
     finally:
+        # first as a user would: ask the scheduler to close itself and its workers (a worker ends
+        # normally then, so its exit handlers run, e.g. removing hypothesis' temporary folder)
+        if procs:
+            with contextlib.suppress(Exception):
+                from distributed import Client
+
+                with Client(address, timeout=10) as client:
+                    client.shutdown()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                time.sleep(0.2)
         family = []
         for p in procs:
             with_children = [p.pid]

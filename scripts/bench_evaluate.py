@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,11 +39,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from numerics.posterior import log_joint  # noqa: E402
 from proofs_check.bridge import numeric_model, point_tensor  # noqa: E402
 from proofs_check.evaluation import evaluate_spec  # noqa: E402
 from theory.spec import load_spec  # noqa: E402
-
 
 _CHILD = r"""
 import json, sys, time

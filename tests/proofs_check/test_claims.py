@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from proofs_check.context import Context
 from proofs_check.checks import all_claims
+from proofs_check.context import Context
 from proofs_check.verification import run_claim
 
 CLAIMS = {c.id: c for c in all_claims()}

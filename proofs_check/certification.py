@@ -50,6 +50,8 @@ from numerics.certified import (
 )
 from theory.spec import PRIOR_VARIABLE, SpecError, SymbolicModel
 
+from .cli_parsers import add_certify_parser  # noqa: F401 (re-exported: the parser lives apart, see there)
+
 Num = Any
 STATUS_OK = "certified"
 STATUS_LOWER = "lower bound only"
@@ -997,32 +999,8 @@ def certify_spec(sym: SymbolicModel, prec: int | None = None, progress: bool = T
 
 
 # ----------------------------------------------------------------------------------------
-# CLI pieces (wired into proofs_check.cli by the lead)
+# CLI pieces (the parser is in proofs_check.cli_parsers)
 # ----------------------------------------------------------------------------------------
-
-
-def add_certify_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`gapcheck certify SPEC [--prec BITS] [--json PATH]`."""
-    ce = subparsers.add_parser(
-        "certify",
-        help="proven enclosures (ball arithmetic) of log p, ELBO* (mean-field, full covariance), the gap and c_IMA, d <= 2",
-        description="Certify, with rigorous ball arithmetic (Arb via python-flint), intervals that provably contain "
-        "log p_gamma(x), ELBO*(x) (mean-field and full-covariance Gaussian encoders), the gaps and c_IMA at x = f(z0) "
-        "for every latent point and decoder "
-        "precision of a TOML model spec with d <= 2 latents. Each quantity is an interval of decimal strings rounded "
-        "outward, with a status: certified, lower/upper bound only, or not certified with the reason. Method and "
-        "assumptions: docs/certified.md.",
-    )
-    ce.add_argument("spec", type=Path, help="model spec (TOML)")
-    ce.add_argument("--prec", type=int, metavar="BITS", default=None,
-                    help="working precision in bits (default: chosen per gamma^2, raised when needed)")
-    ce.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH ('-' for stdout only)")
-    ce.add_argument("--full-cov", action=argparse.BooleanOptionalAction, default=True,
-                    help="also certify ELBO* of the full-covariance Gaussian encoder and its gap (default: on; "
-                    "--no-full-cov skips it, about halving the ELBO* work)")
-    ce.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ce.set_defaults(func=cmd_certify)
-    return ce
 
 
 def format_rows(sym: SymbolicModel, rows: Sequence[CertifiedRow]) -> str:

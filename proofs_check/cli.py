@@ -395,8 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--report", metavar="JSON", help="with --markdown: take evidence and status from a verify report.json")
     cl.set_defaults(func=cmd_claims)
 
-    from .certification import add_certify_parser
-    from .experiments import add_experiment_parser
+    from .cli_parsers import add_certify_parser, add_experiment_parser
 
     add_certify_parser(sub)
     add_experiment_parser(sub)

@@ -43,6 +43,7 @@ from numerics.vae import LinearAfterDecoder, TrainedVAE, VAEConfig, sample_data,
 from theory.spec import loads_spec
 
 from .bridge import numeric_model
+from .cli_parsers import add_experiment_parser  # noqa: F401 (re-exported: the parser lives apart, see there)
 from .runtime import UserError
 
 SCHEMA = "gapcheck-experiments/1"
@@ -703,31 +704,6 @@ def report_markdown(res: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------
 # CLI pieces (wired into proofs_check/cli.py build_parser by the lead)
 # ----------------------------------------------------------------------------------------
-
-
-def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `gapcheck experiment [NAME …] [--quick|--full] [--device] [--seeds N] [--out DIR]`."""
-    ex = subparsers.add_parser(
-        "experiment",
-        help="train VAEs (the paper's experiments E1-E5) and score them against the exact ELBO* and log p",
-        description="Train amortized VAEs as in the paper's experiments and hold them against the exact optimum: "
-        "E1 amortization gap, E2 self-consistency, E3 MCC vs gamma^2, E4 MCC vs c_IMA, E5 spurious rotations. "
-        "Writes results.json (schema: docs/experiments.md), report.md and figures to --out; an interrupted run "
-        "resumes from the checkpoints in --out/checkpoints.",
-    )
-    ex.add_argument("names", nargs="*", metavar="NAME", help=f"experiments to run (default: all of {', '.join(EXPERIMENTS)})")
-    size = ex.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_const", dest="mode", const="quick", help="2-D models, small nets, 3 seeds (default; minutes on a CPU)")
-    size.add_argument("--full", action="store_const", dest="mode", const="full", help="the paper's gamma^2 grid and more seeds (meant for a GPU)")
-    size.add_argument("--tiny", action="store_const", dest="mode", const="tiny", help=argparse.SUPPRESS)
-    ex.set_defaults(mode="quick")
-    ex.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (default: auto)")
-    ex.add_argument("--seeds", type=int, default=None, help="number of model seeds (default: 3 quick, 10 full)")
-    ex.add_argument("--out", metavar="DIR", type=Path, default=Path("gapcheck-experiments"), help="output folder (default: ./gapcheck-experiments)")
-    ex.add_argument("--no-plots", action="store_true", help="skip the figures")
-    ex.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ex.set_defaults(func=cmd_experiment)
-    return ex
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

@@ -130,3 +130,20 @@ def test_evaluate_with_importance_sampling_agrees_with_quadrature(tmp_path: Path
         assert "log_px_monte_carlo" in b["flags"] and b["diagnostics"]["log_px_ess"] > 100
         assert abs(a["log_px"] - b["log_px"]) <= 4 * b["error"]["log_px"] + a["error"]["log_px"]
         assert a["elbo_star"] == b["elbo_star"]
+
+
+def test_the_parser_imports_no_numeric_stack() -> None:
+    """`gapcheck --help` and argument errors answer without importing torch, sympy or
+    python-flint, and `evaluate --workers N` starts its cluster before they are imported."""
+    code = ("import sys; from proofs_check.cli import build_parser; build_parser(); "
+            "print([m for m in ('torch', 'sympy', 'flint', 'numpy') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_experiment_parser_names_every_experiment() -> None:
+    from proofs_check.cli_parsers import EXPERIMENT_NAMES
+    from proofs_check.experiments import EXPERIMENTS
+
+    assert EXPERIMENT_NAMES == tuple(EXPERIMENTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -198,7 +199,11 @@ def _evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cluster(args: argparse.Namespace):
-    """The Dask cluster of --workers / --scheduler, or None (serial)."""
+    """The Dask cluster of --workers / --scheduler (the one :func:`main` started in the
+    background, a distributed.ClientStart, once it exists), or None (serial)."""
+    started = getattr(args, "cluster_start", None)
+    if started is not None:
+        return started
     from .distributed import Cluster
 
     return Cluster.from_options(getattr(args, "workers", None), getattr(args, "scheduler", None))
@@ -415,6 +420,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INPUT
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if args.command in ("evaluate", "verify"):
+            try:
+                cluster = _cluster(args)
+            except UserError as exc:
+                print(f"gapcheck: error: {exc}", file=sys.stderr)
+                return EXIT_INPUT
+        if cluster is not None:
+            # the cluster starts in the background while this process imports torch and sympy and
+            # parses its input; the command uses it through _cluster(args)
+            from .distributed import ClientStart
+
+            args.cluster_start = stack.enter_context(ClientStart(cluster, stop_forkserver=False))
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command, turning every error into one line and an exit status (README)."""
     from numerics.jacobian import SingularJacobianError
     from numerics.models import ModelError
     from numerics.optimize import ConvergenceError

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .runtime import UserError, default_threads, torch_threads
 
-__all__ = ["Cluster", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "plan_predictions", "set_predictions", "run_claims",
+__all__ = ["Cluster", "ClientStart", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "plan_predictions", "set_predictions", "run_claims",
            "claim_tasks", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'gapcheck[dask]'"
@@ -91,12 +91,16 @@ def _import_distributed() -> Any:
 
 
 @contextlib.contextmanager
-def open_client(cluster: Cluster) -> Iterator[Any]:
+def open_client(cluster: Cluster, stop_forkserver: bool = True) -> Iterator[Any]:
     """A ``distributed.Client`` on ``cluster``; a local cluster is shut down (its worker
-    processes ended) on leaving, also on an error or Ctrl-C."""
+    processes ended) on leaving, also on an error or Ctrl-C.  The forkserver its workers were
+    forked from (:func:`_start_method`) is stopped too, unless ``stop_forkserver`` is false (the
+    CLI, whose process ends right after: the server then ends with it, and the ~0.5 s of its
+    teardown is not waited for)."""
     dist = _import_distributed()
     local = None
     client = None
+    method = None
     try:
         if cluster.workers:
             # processes, one thread each (a task sets torch's threads itself); no dashboard, and the
@@ -105,10 +109,13 @@ def open_client(cluster: Cluster) -> Iterator[Any]:
             # MALLOC_TRIM_THRESHOLD_ (see SLOW_MALLOC)
             import dask
 
+            method = _start_method()
             saved = dict(os.environ)
             try:
                 with dask.config.set({f"distributed.nanny.pre-spawn-environ.{SLOW_MALLOC}": None,
-                                      "distributed.worker.profile.enabled": False}):  # no stack sampling every 10 ms
+                                      "distributed.worker.multiprocessing-method": method, **QUIET_LOCAL_CLUSTER}):
+                    if method == "forkserver":
+                        _set_forkserver_preload()
                     local = dist.LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                               dashboard_address=None, silence_logs=logging.ERROR, memory_limit=0,
                                               scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
@@ -142,6 +149,111 @@ def open_client(cluster: Cluster) -> Iterator[Any]:
         if local is not None:
             with contextlib.suppress(Exception):
                 local.close()
+        if method == "forkserver" and stop_forkserver:  # no idle process (torch and sympy loaded) left behind
+            import multiprocessing.forkserver as mp_forkserver
+
+            with contextlib.suppress(Exception):
+                mp_forkserver._forkserver._stop()
+
+
+#: Dask settings of a local cluster that take CPU from the computation for features a
+#: gapcheck sweep does not use: stack sampling every 10 ms (the dashboard's profiler), the
+#: event-loop blocking monitor every 20 ms, psutil system monitoring every 0.5 s, work-stealing
+#: checks every 0.1 s (the tasks are few and long; a free worker still takes the next one).
+#: Measured: the client process used 3.1 s of CPU during an 8-spec sweep with Dask's defaults,
+#: 2.1 s with these (docs/performance.md).
+QUIET_LOCAL_CLUSTER: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "10s",
+    "distributed.scheduler.work-stealing-interval": "1s",
+}
+
+#: What the forkserver of a local cluster imports once, before it forks the workers: Dask, and
+#: proofs_check._worker_warmup (the numeric stack, warmed by one small CPU evaluation).
+FORKSERVER_PRELOAD: tuple[str, ...] = ("distributed", "proofs_check._worker_warmup")
+
+
+def _start_method() -> str:
+    """How a local cluster starts its worker processes: ``forkserver`` where the platform has it
+    (Linux, macOS), else ``spawn``; ``GAPCHECK_DASK_START=spawn`` forces spawn.
+
+    With the forkserver the imports and first-call costs are paid once for all workers, in a
+    server started before them, and a worker ends with ``os._exit`` when its cluster closes,
+    without a full interpreter teardown (spawned workers import torch and sympy each, ~2 s of
+    CPU apiece, and take ~0.4 s each to tear them down again; docs/distributed.md)."""
+    import multiprocessing
+
+    wanted = os.environ.get("GAPCHECK_DASK_START", "forkserver")
+    if wanted not in ("forkserver", "spawn"):
+        raise UserError(f"GAPCHECK_DASK_START must be forkserver or spawn, got {wanted!r}")
+    return wanted if wanted in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _set_forkserver_preload() -> None:
+    """Make the forkserver import :data:`FORKSERVER_PRELOAD` (effective when it first starts;
+    it then serves every later local cluster of this process).  Dask sets its own preload list
+    on its first use of the forkserver, so that comes first and ours replaces it."""
+    from distributed.utils import get_mp_context
+
+    ctx = get_mp_context()
+    ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    # torch in the forkserver must not query CUDA through the CUDA runtime (a forked child could
+    # not use CUDA then); the NVML-based check is fork-safe.  The warm-up is CPU-only anyway.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+
+class ClientStart:
+    """:func:`open_client` entered in a background thread: the cluster starts (worker processes
+    spawned, the forkserver importing and warming the numeric stack) while this process goes on
+    with its own start-up (importing torch and sympy, parsing the specs).  ``get()`` waits for
+    the client (raising the start's error, e.g. a :class:`ClusterError`); ``close()`` waits for
+    the start and shuts the cluster down.  `gapcheck evaluate` and `gapcheck verify` start their
+    cluster this way right after reading their arguments."""
+
+    def __init__(self, cluster: Cluster, stop_forkserver: bool = True) -> None:
+        self.cluster = cluster
+        self._cm = open_client(cluster, stop_forkserver)
+        self._client: Any = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._start, name="gapcheck-cluster-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._client = self._cm.__enter__()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller by get())
+            self._error = exc
+
+    def get(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._client is not None and not self._closed:
+            self._closed = True
+            self._cm.__exit__(None, None, None)
+
+    def __enter__(self) -> ClientStart:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _client_of(cluster: Cluster | ClientStart) -> Iterator[Any]:
+    """The client of a cluster started here (closed on leaving) or of a :class:`ClientStart`
+    (left open: its owner closes it)."""
+    if isinstance(cluster, ClientStart):
+        yield cluster.get()
+    else:
+        with open_client(cluster) as client:
+            yield client
 
 
 def _n_workers(client: Any) -> int:
@@ -460,7 +572,7 @@ class SpecSweep:
     points are separate tasks; a spec's results get their predictions here, keyed by latent
     point as :func:`proofs_check.evaluation.attach_predictions` does."""
 
-    def __init__(self, specs: Sequence[tuple[SpecSource, Any]], options: Mapping[str, Any], cluster: Cluster,
+    def __init__(self, specs: Sequence[tuple[SpecSource, Any]], options: Mapping[str, Any], cluster: Cluster | ClientStart,
                  progress: bool = False) -> None:
         from .evaluation import POINT_CHUNK
 
@@ -475,7 +587,7 @@ class SpecSweep:
         options.pop("on_result", None)
         self._stack = contextlib.ExitStack()
         try:
-            client = self._stack.enter_context(open_client(cluster))
+            client = self._stack.enter_context(_client_of(cluster))
             workers = _n_workers(client)
             numbers = plan_points([len(sym.points) for _, sym in self._specs], self._chunk, workers)
             predictions = plan_predictions(numbers, workers) if self._predict else []
@@ -576,7 +688,7 @@ def claim_tasks(ids: Sequence[str]) -> list[list[str]]:
     return tasks
 
 
-def run_claims(claims: Sequence[Any], ctx: Any, cluster: Cluster, bar: Any = None) -> list[dict[str, Any]]:
+def run_claims(claims: Sequence[Any], ctx: Any, cluster: Cluster | ClientStart, bar: Any = None) -> list[dict[str, Any]]:
     """The report entries of ``claims`` (``verification.run_claim`` for each, in the given
     order) computed on ``cluster``; ``ctx`` (the run's Context) gets the cached sweeps and C17
     data the figures need, so the figure phase recomputes nothing.  ``bar`` (tqdm) counts checks."""
@@ -588,7 +700,7 @@ def run_claims(claims: Sequence[Any], ctx: Any, cluster: Cluster, bar: Any = Non
              for g in groups]
     weights = [sum(1 + faults[c] for c in g) for g in groups]
     priorities = [sum(CLAIM_COST_HINT.get(c, 1.0) for c in g) for g in groups]
-    with open_client(cluster) as client:
+    with _client_of(cluster) as client:
         pending = _Tasks(client, _claim_task, tasks, weights, bar, priorities, label="verify")
         try:
             by_id: dict[str, dict[str, Any]] = {}

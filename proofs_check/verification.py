@@ -126,7 +126,8 @@ def run_verify(ids: Sequence[str] | None = None, mode: str = "default", seed: in
     """Check the selected claims (all by default) and their planted faults; returns the report
     (a JSON-safe dict, docs/report.md) and the run context (its caches feed the figures).
 
-    With ``cluster`` (a :class:`proofs_check.distributed.Cluster`) the claims run in parallel on
+    With ``cluster`` (a :class:`proofs_check.distributed.Cluster`, or a ``ClientStart`` already
+    starting one) the claims run in parallel on
     Dask workers; the report is the serial one apart from timings."""
     claims = select_claims(ids)
     ctx = Context(mode=mode, seed=seed, device=device)

@@ -30,6 +30,7 @@ import pytest
 from proofs_check import distributed as dist
 from proofs_check.cli import main
 from proofs_check.evaluation import evaluate_spec
+from proofs_check.runtime import UserError
 from theory.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,6 +196,44 @@ def test_cluster_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert exc.value.code == 2
 
 
+def test_a_cluster_start_hands_its_error_to_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ClientStart (the CLI starts its cluster in the background): the start's error reaches
+    whoever asks for the client, and closing a failed start is harmless."""
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    start = dist.ClientStart(dist.Cluster(workers=2))
+    with pytest.raises(dist.ClusterError, match="pip install 'gapcheck\\[dask\\]'"):
+        start.get()
+    start.close()
+    with pytest.raises(dist.ClusterError):  # and again: the error is kept, not lost after the first get()
+        start.get()
+
+
+def test_local_workers_start_from_a_forkserver_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.delenv("GAPCHECK_DASK_START", raising=False)
+    has_forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+    assert dist._start_method() == ("forkserver" if has_forkserver else "spawn")
+    monkeypatch.setenv("GAPCHECK_DASK_START", "spawn")
+    assert dist._start_method() == "spawn"
+    monkeypatch.setenv("GAPCHECK_DASK_START", "fork")  # plain fork of a process with threads: refused
+    with pytest.raises(UserError, match="GAPCHECK_DASK_START must be forkserver or spawn"):
+        dist._start_method()
+
+
+@pytest.mark.slow
+def test_the_forkserver_warm_up_runs_on_one_cpu_thread_without_cuda() -> None:
+    """What the workers inherit: the numeric stack imported and warmed (WARMED), torch at one
+    thread (no OpenMP pool before the fork) and no CUDA state (a forked child could not use it).
+    In a fresh interpreter, as the forkserver imports it."""
+    code = ("import sys, proofs_check._worker_warmup as w, torch; "
+            "print(w.WARMED, torch.get_num_threads(), torch.cuda.is_initialized(), 'theory.expansions' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "1", "False", "True"]
+
+
 def test_api_refuses_a_parsed_model_for_workers() -> None:
     import proofs_check as pc
 
@@ -220,8 +259,8 @@ def _table(out: str) -> list[str]:
     return lines
 
 
-def _run_evaluate(specs: list[str], out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GAPCHECK_THREADS": "1"}
+def _run_evaluate(specs: list[str], out: Path, *extra: str, start: str = "forkserver") -> subprocess.CompletedProcess:
+    env = {**os.environ, "GAPCHECK_THREADS": "1", "GAPCHECK_DASK_START": start}
     return subprocess.run([sys.executable, "-m", "proofs_check", "evaluate", *specs, "--no-progress", "--jsonl", str(out), *extra],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
@@ -251,10 +290,13 @@ def serial_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], b
 
 
 @pytest.mark.slow
-def test_workers_2_gives_the_serial_sweep(tmp_path: Path, serial_sweep: tuple[list[str], bytes, list[str]]) -> None:
+@pytest.mark.parametrize("start", ["forkserver", "spawn"])
+def test_workers_2_gives_the_serial_sweep(tmp_path: Path, serial_sweep: tuple[list[str], bytes, list[str]], start: str) -> None:
+    """Workers forked from the warmed-up forkserver (the default) and workers started as fresh
+    interpreters give the serial numbers alike."""
     pytest.importorskip("distributed")
     specs, data, table = serial_sweep
-    par = _run_evaluate(specs, tmp_path / "par.jsonl", "--workers", "2")
+    par = _run_evaluate(specs, tmp_path / "par.jsonl", "--workers", "2", start=start)
     assert par.returncode == 0, par.stderr
     assert (tmp_path / "par.jsonl").read_bytes() == data
     assert _table(par.stdout) == table

@@ -20,14 +20,14 @@ Decoders with a prior and a point z0 in the prior's bulk (C11, C12, N1, N2), as
   ``near_singular``, affine_tanh with A of condition number 1e2–1e4;
 - IMA class (c_IMA ≡ 0): ``ortho_monotone`` f(z) = O·diag(r)·h(z), O with orthonormal
   columns, h elementwise strictly increasing (d ∈ {1, 2}); ``mobius`` f(z) =
-  α·O (z − a)/‖z − a‖² (d = 2, conformal);
+  α·O (p − a)/‖p − a‖², p = (z1, z2, 0), a off the plane (d = 2, n ∈ {3, 4}, conformal);
 - non-injective: ``fold`` f(z) = F(g(z1)², z2, …) with g odd and strictly increasing and F
   injective (affine_tanh), so x = f(z0) has exactly the two preimages (±z0_1, z0_2, …), of
   equal Laplace mass under a symmetric prior.
 
 Every decoder but the folds is injective by construction (an affine_tanh map because its
 nonlinearity is Lipschitz below σ_min(A): ‖f(z) − f(z')‖ ≥ (σ_min(A) − ‖B‖‖C‖)‖z − z'‖;
-couplings and monotone h are bijections; a Möbius map is injective off its pole), so x = f(z0)
+couplings and monotone h are bijections; an inversion of R³ is injective off its centre, which is off the latent plane), so x = f(z0)
 has the single preimage z0 and a property may skip the mode search.  Every case satisfies, at
 z0, σ_min(J) ≥ :data:`SIGMA_MIN`, cond(J) ≤ :data:`COND_MAX` and ‖∂²f‖/σ_min² ≤
 :data:`CURVATURE_MAX` (hypothesis ``assume``): the O(ε²) remainder of the gap at γ² ≥ 1e6 then
@@ -340,13 +340,18 @@ class OrthoMonotone(DrawnDecoder):
 
 
 class Mobius(DrawnDecoder):
-    """IMA class (conformal, d = 2): f(z) = α·O (z − a)/‖z − a‖², O with orthonormal columns;
-    injective on R² without the pole a (outside the prior's bulk)."""
+    """IMA class (conformal, d = 2): an inversion of R³ about a point a off the latent plane,
+    restricted to the plane, f(z) = α·O (p − a)/‖p − a‖² with p = (z1, z2, 0), a3 ≠ 0 and
+    O ∈ R^{n×3} with orthonormal columns (n ∈ {3, 4}).  Smooth, bounded and injective on all of
+    R² (an inversion is a bijection of R³ without a), and conformal there: J^T J =
+    (α/‖p − a‖²)² I, so c_IMA ≡ 0.  A plane Möbius map α(z − a)/‖z − a‖² would put its pole in
+    the latent plane, where E_q‖x − f(z)‖² = ∞ for every Gaussian q (ELBO* = −∞; docs/theory.md,
+    C12)."""
 
     family = "mobius"
 
     def forward(self, z, p):
-        w = z - p["a"]
+        w = torch.cat([z, torch.zeros_like(z[..., :1])], -1) - p["a"]
         return p["alpha"] * (w / (w * w).sum(-1, keepdim=True)) @ p["O"].T
 
 
@@ -501,17 +506,20 @@ def non_ima_cases(draw, family: str | None = None) -> GapCase:
 
 @st.composite
 def ima_decoders(draw, family: str | None = None) -> DrawnDecoder:
-    """An IMA-class decoder: ``mobius`` (d = 2) or ``ortho_monotone`` (d ∈ {1, 2}, drawn as
-    2 first so that at least half the IMA-class examples have d = 2), n ∈ {d, d + 1}."""
+    """An IMA-class decoder: ``mobius`` (d = 2, n ∈ {3, 4}) or ``ortho_monotone`` (d ∈ {1, 2},
+    drawn as 2 first so that at least half the IMA-class examples have d = 2, n ∈ {d, d + 1})."""
     family = family or draw(st.sampled_from(IMA_FAMILIES))
-    d = 2 if family == "mobius" else draw(st.sampled_from([2, 1]))
+    if family == "mobius":  # a = (ρ cos ψ, ρ sin ψ, h), ‖a‖ ∈ [1.5, 7.2]; α = λ‖a‖², so |J(0)| = λ
+        n = 3 + draw(st.integers(0, 1))
+        O = draw(orthogonal_matrices(n, 3)).array
+        rho = draw(_floats(0.0, 6.0))
+        psi = draw(_floats(-math.pi, math.pi))
+        h = draw(_floats(1.5, 4.0)) * draw(st.sampled_from([1.0, -1.0]))
+        lam = draw(_floats(0.5, 2.0))
+        return Mobius(2, n, alpha=lam * (rho**2 + h**2), a=[rho * math.cos(psi), rho * math.sin(psi), h], O=O)
+    d = draw(st.sampled_from([2, 1]))
     n = d + draw(st.integers(0, 1))
     O = draw(orthogonal_matrices(n, d)).array
-    if family == "mobius":
-        rho = draw(_floats(3.0, 6.0))
-        psi = draw(_floats(-math.pi, math.pi))
-        lam = draw(_floats(0.5, 2.0))
-        return Mobius(2, n, alpha=lam * rho**2, a=[rho * math.cos(psi), rho * math.sin(psi)], O=O)
     b = _array(draw, (d,), -1.0, 1.0)
     w = _array(draw, (d,), -1.5, 1.5)
     assume(np.all(b * w >= -0.7))  # h' ≥ 0.3 > 0: strictly increasing

@@ -165,7 +165,11 @@ def test_sigint_keeps_the_rows_written_so_far(tmp_path: Path) -> None:
     env = {**os.environ, "GAPCHECK_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "proofs_check", "evaluate", str(spec), "--jsonl", str(out),
                              "--no-prediction", "--no-progress"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # SIGINT handled as in a terminal even when the tests run as a background job
+                            # (a shell without job control starts those with SIGINT ignored, and a child
+                            # inherits that: Python then installs no KeyboardInterrupt handler)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 256):
         time.sleep(0.5)

@@ -63,20 +63,17 @@ def _closed_form_factors(model: Model) -> list[int]:
     return [k for k, f in enumerate(model.prior.factors) if type(f).gaussian_expectation is not Prior1D.gaussian_expectation]
 
 
-def _elbo_red_parts(model: Model):
-    """The reduced ELBO of :func:`_elbo_red_scaled` split for chunked evaluation: ``part`` is the
-    node sum Σ_i W_i (−‖x − f(z_i)‖²/(2ε) + Σ_k ℓ_k(z_ik)) over a chunk of nodes (the closed-form
-    prior factors left out), ``glob`` the rest, d/2 + ½ Σ τ_k + Σ_k E_q[ℓ_k] (closed-form factors)."""
+def _split_prior_terms(model: Model):
+    """The terms of the reduced ELBO that a node chunk contributes, and the rest, for the
+    chunked objectives (:func:`_elbo_red_parts`, :func:`_elbo_red_fullcov_parts`):
+    ``node_terms(x, eps, z, w)`` = Σ_i W_i (−‖x − f(z_i)‖²/(2ε) + Σ_k ℓ_k(z_ik)) with the
+    closed-form prior factors left out, ``closed_terms(mu, var)`` = Σ_k E_q[ℓ_k] over those
+    factors (q with marginals N(μ_k, var_k)); ``closed`` lists them (empty: no closed terms)."""
     d = model.d
     closed = _closed_form_factors(model)
     quad = [k for k in range(d) if k not in closed]
 
-    def part(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor, nodes: Tensor, logw: Tensor) -> Tensor:
-        w = torch.exp(logw)
-        a, tau = params[:d], params[d:]
-        mu = mu_base + torch.sqrt(eps) * a
-        sd = torch.sqrt(eps * torch.exp(tau))
-        z = mu + sd * nodes
+    def node_terms(x: Tensor, eps: Tensor, z: Tensor, w: Tensor) -> Tensor:
         r = x - model.decoder(z)
         fit = (w * (r * r).sum(-1)).sum() / (2 * eps)
         if not closed:
@@ -86,14 +83,32 @@ def _elbo_red_parts(model: Model):
                         torch.zeros((), dtype=z.dtype, device=z.device))
         return prior - fit
 
+    def closed_terms(out: Tensor, mu: Tensor, var: Tensor) -> Tensor:
+        for k in closed:
+            out = out + model.prior.factors[k].gaussian_expectation(mu[k], var[k])
+        return out
+
+    return closed, node_terms, closed_terms
+
+
+def _elbo_red_parts(model: Model):
+    """The reduced ELBO of :func:`_elbo_red_scaled` split for chunked evaluation: ``part`` is the
+    node sum Σ_i W_i (−‖x − f(z_i)‖²/(2ε) + Σ_k ℓ_k(z_ik)) over a chunk of nodes (the closed-form
+    prior factors left out), ``glob`` the rest, d/2 + ½ Σ τ_k + Σ_k E_q[ℓ_k] (closed-form factors)."""
+    d = model.d
+    closed, node_terms, closed_terms = _split_prior_terms(model)
+
+    def part(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor, nodes: Tensor, logw: Tensor) -> Tensor:
+        a, tau = params[:d], params[d:]
+        mu = mu_base + torch.sqrt(eps) * a
+        sd = torch.sqrt(eps * torch.exp(tau))
+        return node_terms(x, eps, mu + sd * nodes, torch.exp(logw))
+
     def glob(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor) -> Tensor:
         a, tau = params[:d], params[d:]
         out = 0.5 * d + 0.5 * tau.sum()
         if closed:
-            mu = mu_base + torch.sqrt(eps) * a
-            var = eps * torch.exp(tau)
-            for k in closed:
-                out = out + model.prior.factors[k].gaussian_expectation(mu[k], var[k])
+            out = closed_terms(out, mu_base + torch.sqrt(eps) * a, eps * torch.exp(tau))
         return out
 
     return part, glob
@@ -311,8 +326,7 @@ def _elbo_red_fullcov(model: Model, nodes: Tensor, logw: Tensor):
 def _elbo_red_fullcov_parts(model: Model):
     """:func:`_elbo_red_fullcov` split into a node part and the rest, as :func:`_elbo_red_parts`."""
     d = model.d
-    closed = _closed_form_factors(model)
-    quad = [k for k in range(d) if k not in closed]
+    closed, node_terms, closed_terms = _split_prior_terms(model)
     rows, cols = torch.tril_indices(d, d, offset=-1)
 
     def chol(params: Tensor) -> Tensor:
@@ -323,27 +337,15 @@ def _elbo_red_fullcov_parts(model: Model):
         return L
 
     def part(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor, nodes: Tensor, logw: Tensor) -> Tensor:
-        w = torch.exp(logw)
         L = chol(params)
         mu = mu_base + torch.sqrt(eps) * params[:d]
-        z = mu + torch.sqrt(eps) * (nodes @ L.T)
-        r = x - model.decoder(z)
-        fit = (w * (r * r).sum(-1)).sum() / (2 * eps)
-        if not closed:
-            prior = (w * model.prior.log_prob(z)).sum()
-        else:
-            prior = sum(((w * model.prior.factors[k].log_prob(z[..., k])).sum() for k in quad),
-                        torch.zeros((), dtype=z.dtype, device=z.device))
-        return prior - fit
+        return node_terms(x, eps, mu + torch.sqrt(eps) * (nodes @ L.T), torch.exp(logw))
 
     def glob(params: Tensor, x: Tensor, eps: Tensor, mu_base: Tensor) -> Tensor:
         out = 0.5 * d + params[d : 2 * d].sum()
         if closed:
             L = chol(params)
-            mu = mu_base + torch.sqrt(eps) * params[:d]
-            var = eps * (L * L).sum(-1)
-            for k in closed:
-                out = out + model.prior.factors[k].gaussian_expectation(mu[k], var[k])
+            out = closed_terms(out, mu_base + torch.sqrt(eps) * params[:d], eps * (L * L).sum(-1))
         return out
 
     return part, glob

@@ -16,6 +16,17 @@ from hypothesis import settings
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every test module starts (and ends) at one intra-op thread, whatever a test before it
+    set: with two threads on 2 cores, tiny batched LAPACK calls (cholesky/eigh) contend with
+    torch's OpenMP pool and take ~10 ms instead of ~3 µs (measured; docs/performance.md)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 settings.register_profile("gapcheck", derandomize=True, database=None, deadline=None)
 settings.load_profile("gapcheck")
 

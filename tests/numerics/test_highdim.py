@@ -29,14 +29,6 @@ from numerics.sweep import evaluate_points
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _posts(model: Model, z0: torch.Tensor, gamma2s: list[float]):
     x = model.decoder(z0)[None].expand(len(gamma2s), -1)
     return find_modes(model, x, gamma2s, z0[None].expand(len(gamma2s), -1))

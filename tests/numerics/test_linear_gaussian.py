@@ -37,17 +37,6 @@ SHAPES = [(1, 1), (1, 3), (2, 2), (2, 4), (3, 3), (3, 5), (4, 6), (5, 5), (5, 7)
 TOL = 1e-11
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module's small batched problems on one intra-op thread: with 2 threads, MKL's
-    LAPACK calls (cholesky/eigh on tiny matrices) contend with torch's OpenMP pool and each
-    takes ~10 ms instead of ~3 µs (measured; see docs/performance.md)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _matrix(d: int, n: int, seed: int) -> np.ndarray:
     """A random n×d matrix with condition number ≤ 10 (rejection), so the float64 solves in
     the estimators lose at most ~κ(AᵀA)·u ≈ 1e-14 relative (used in the μ*/s* tolerance)."""

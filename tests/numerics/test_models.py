@@ -34,16 +34,6 @@ from numerics.quadrature import UNIT_ROUNDOFF
 from numerics.sweep import evaluate_points
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny LAPACK calls contend with torch's OpenMP pool on 2 cores
-    otherwise (see docs/performance.md)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _quartic(t):
     return -(t**4) / 4 - t**2 / 2
 

@@ -28,15 +28,6 @@ from numerics.population import (
     stack_candidates,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 A = np.array([[1.0, 0.5], [0.2, 1.3]])
 
 

@@ -40,16 +40,6 @@ def _assert(cond: bool) -> None:
     assert cond
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny batched LAPACK calls contend with torch's OpenMP pool on
-    2 cores (~10 ms per call instead of µs; see docs/performance.md)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------------------
 # random models
 # ----------------------------------------------------------------------------------------

@@ -59,16 +59,6 @@ POINTS = {
 GAMMA2S = [1e-2, 1.0, 1e2, 1e4, 1e8]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for the float64 side: tiny LAPACK calls contend with torch's OpenMP
-    pool on 2 cores otherwise (see docs/performance.md)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 #: the brief's accuracy requirement for reduced log p and ELBO* against the reference
 TOL = 1e-10
 TOL_REASON = "requirement: float64 reduced log p / ELBO* accurate to 1e-10 for γ² in [1e-2, 1e8]"

@@ -20,8 +20,6 @@ from proofs_check import strategies as S
 from proofs_check.checks.evidence import GAP_PROPERTY_TRUNCATION, richardson_gap
 from proofs_check.properties import run_property, run_property_strata, split_examples
 
-torch.set_num_threads(1)
-
 
 def _collect(strategy: st.SearchStrategy, n: int) -> list:
     """n examples of a strategy, as a property run draws them (derandomized)."""

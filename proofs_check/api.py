@@ -96,7 +96,7 @@ def evaluate(spec: str | Path | Mapping[str, Any] | SymbolicModel, *, device: st
         options = {"device": device, "predictions": predictions, "log_px_method": log_px_method, "is_samples": samples, "seed": seed,
                    "elbo_method": elbo_method, "max_memory": max_memory}
         with SpecSweep([(_spec_source(spec, sym), sym)], options, cluster) as sweep:
-            return sweep.result(0)
+            return sweep.result(0, on_result, keep_results)
     with torch_threads():
         return evaluate_spec(sym, device=device, predictions=predictions, log_px_method=log_px_method,
                              elbo_method=elbo_method, max_memory=max_memory, is_samples=samples, seed=seed,

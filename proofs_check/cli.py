@@ -162,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             big = rows > 64 or sym.d > 3
             if sweep is not None:
-                ev = sweep.next_result(on_result=emit)
+                ev = sweep.next_result(on_result=emit, keep_results=keep)
             else:
                 ev = evaluate_spec(sym, **_evaluate_options(args), progress=big and not args.no_progress, on_result=emit,
                                    keep_results=keep)

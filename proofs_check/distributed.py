@@ -375,24 +375,20 @@ def _evaluate_task(task: Mapping[str, Any]) -> dict[str, Any]:
 
 def _predict_task(task: Mapping[str, Any]) -> dict[str, Any]:
     """The symbolic predictions at points ``start:stop`` of a spec, in a worker: the serial
-    run's :func:`proofs_check.evaluation.attach_predictions` itself, on stand-ins for the
-    results that carry only the latent point (with the prior's log normalizer, as
-    evaluate_spec computes it)."""
+    run's :func:`proofs_check.evaluation.prediction_at` at each point (with the prior's log
+    normalizer, as evaluate_spec computes it): the expansion's dict, or the reason it was skipped."""
     with _TASK_LOCK:
         try:
-            from types import SimpleNamespace
-
             from .bridge import log_normalizers, numeric_model
-            from .evaluation import attach_predictions
+            from .evaluation import prediction_at
 
             t0 = time.perf_counter()
             sym = SpecSource(**task["spec"]).load()
             part = dataclasses.replace(sym, points=tuple(sym.points[task["start"]:task["stop"]]))
             with torch_threads(task["threads"]):
                 log_norm = sum(log_normalizers(numeric_model(part)))
-                stand_ins = [SimpleNamespace(latent=[float(v) for v in p], prediction=None) for p in part.points]
-                attach_predictions(part, stand_ins, log_normalizer=log_norm)  # type: ignore[arg-type]
-            return {"predictions": [r.prediction for r in stand_ins], "seconds": time.perf_counter() - t0, "worker": _worker_info()}
+                hits = [prediction_at(part, [float(v) for v in p], log_norm) for p in part.points]
+            return {"predictions": hits, "seconds": time.perf_counter() - t0, "worker": _worker_info()}
         except Exception as exc:
             return {"error": _error_record(exc)}
 
@@ -523,17 +519,18 @@ def _bar(total: int, desc: str, unit: str, progress: bool) -> Any:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress, leave=False)
 
 
-def plan_points(points: Sequence[int], chunk: int, workers: int) -> list[tuple[int, int, int]]:
+def plan_points(points: Sequence[int], chunk: int | Sequence[int], workers: int) -> list[tuple[int, int, int]]:
     """The tasks of a sweep whose specs have ``points[i]`` latent points: (spec, start, stop),
-    each a run of whole ``chunk``-point chunks of one spec (the batches evaluate_spec forms, so
+    each a run of whole ``chunk``-point chunks of one spec (one size, or one per spec: the
+    batches evaluate_spec forms, so
     the numbers are the serial run's), about four tasks per worker over the sweep and at most
     16 chunks per task (for the progress bar and streaming); a spec without points is one task
     (which reports the spec's error as the serial run does)."""
-    per_task = max(1, min(16, math.ceil(sum(math.ceil(n / chunk) for n in points) / (4 * max(1, workers)))))
-    step = per_task * chunk
+    chunks = [chunk] * len(points) if isinstance(chunk, int) else list(chunk)
+    per_task = max(1, min(16, math.ceil(sum(math.ceil(n / c) for n, c in zip(points, chunks)) / (4 * max(1, workers)))))
     plan: list[tuple[int, int, int]] = []
-    for s, n in enumerate(points):
-        plan += [(s, a, min(n, a + step)) for a in range(0, n, step)] or [(s, 0, 0)]
+    for s, (n, c) in enumerate(zip(points, chunks)):
+        plan += [(s, a, min(n, a + per_task * c)) for a in range(0, n, per_task * c)] or [(s, 0, 0)]
     return plan
 
 
@@ -551,13 +548,15 @@ def plan_predictions(numbers: Sequence[tuple[int, int, int]], workers: int) -> l
 def set_predictions(sym: Any, results: Sequence[Any], runs: Sequence[tuple[int, int, Sequence[Any]]]) -> None:
     """Give each result the prediction of its latent point: ``runs`` holds (start, stop, the
     predictions at ``sym.points[start:stop]``) from :func:`_predict_task`; results are matched by
-    point as attach_predictions matches them (the same dict for every γ² of a point)."""
+    point as attach_predictions matches them (the same dict, or skip reason, for every γ² of a point)."""
+    from .evaluation import set_prediction
+
     preds: dict[tuple[float, ...], Any] = {}
     for a, b, values in runs:
         for point, pred in zip(sym.points[a:b], values):
             preds.setdefault(tuple(float(v) for v in point), pred)
     for r in results:
-        r.prediction = preds[tuple(r.latent)]
+        set_prediction(r, preds[tuple(r.latent)])
 
 
 class SpecSweep:
@@ -574,29 +573,30 @@ class SpecSweep:
 
     def __init__(self, specs: Sequence[tuple[SpecSource, Any]], options: Mapping[str, Any], cluster: Cluster | ClientStart,
                  progress: bool = False) -> None:
-        from .evaluation import POINT_CHUNK
+        from .evaluation import default_chunk
 
         self._specs = list(specs)
         self._next = 0
         options = dict(options)
-        self._chunk = int(options.setdefault("chunk", POINT_CHUNK))
-        if self._chunk < 1:
+        given = options.pop("chunk", None)
+        if given is not None and given < 1:
             raise ValueError("chunk must be >= 1")
+        # each spec in the batches of its serial run (evaluation.default_chunk unless a chunk is given)
+        chunks = [int(given) if given is not None else default_chunk(sym) for _, sym in self._specs]
         self._predict = bool(options.pop("predictions", True))
         options.update(progress=False, predictions=False)
-        options.pop("on_result", None)
         self._stack = contextlib.ExitStack()
         try:
             client = self._stack.enter_context(_client_of(cluster))
             workers = _n_workers(client)
-            numbers = plan_points([len(sym.points) for _, sym in self._specs], self._chunk, workers)
+            numbers = plan_points([len(sym.points) for _, sym in self._specs], chunks, workers)
             predictions = plan_predictions(numbers, workers) if self._predict else []
             # per spec: its numeric tasks, then its prediction tasks (the serial order of the work)
             self._plan = sorted([(s, 0, a, b) for s, a, b in numbers] + [(s, 1, a, b) for s, a, b in predictions])
             tasks = []
             for s, kind, a, b in self._plan:
                 task = {"spec": dataclasses.asdict(self._specs[s][0]), "start": a, "stop": b, "threads": default_threads()}
-                tasks.append({**task, "options": options} if kind == 0 else task)
+                tasks.append({**task, "options": {**options, "chunk": chunks[s]}} if kind == 0 else task)
             weights = [b - a for _, _, a, b in self._plan]
             desc = "evaluate (numbers, predictions)" if self._predict else "evaluate"
             bar = self._stack.enter_context(_bar(sum(weights), desc, "point", progress))
@@ -612,18 +612,21 @@ class SpecSweep:
             self._stack.close()
             raise
 
-    def next_result(self, on_result: Callable[[Any], None] | None = None) -> Any:
+    def next_result(self, on_result: Callable[[Any], None] | None = None, keep_results: bool = True) -> Any:
         """The Evaluation of the next spec (in the order given), as :meth:`result`."""
         if self._next >= len(self._specs):
             raise IndexError("every spec's result has been read")
         self._next += 1
-        return self.result(self._next - 1, on_result)
+        return self.result(self._next - 1, on_result, keep_results)
 
-    def result(self, i: int, on_result: Callable[[Any], None] | None = None) -> Any:
+    def result(self, i: int, on_result: Callable[[Any], None] | None = None, keep_results: bool = True) -> Any:
+        """With ``keep_results=False`` the results are only handed to ``on_result``, as
+        :func:`proofs_check.evaluation.evaluate_spec` does (``.count`` counts them)."""
         from .evaluation import Evaluation
 
         sym = self._specs[i][1]
         results: list[Any] = []
+        count = 0
         seconds = 0.0
         device = ""
         mine = [(t, kind, a, b) for t, (s, kind, a, b) in enumerate(self._plan) if s == i]
@@ -641,10 +644,12 @@ class SpecSweep:
             for r in part:
                 if on_result is not None:
                     on_result(r)
-            results += part
+            count += len(part)
+            if keep_results:
+                results += part
         if i == len(self._specs) - 1:
             _warn_versions(self._tasks.workers)
-        return Evaluation(sym, results, seconds, device)
+        return Evaluation(sym, results, seconds, device, count)
 
     def __enter__(self) -> SpecSweep:
         return self

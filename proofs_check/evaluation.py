@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -80,6 +80,12 @@ class Evaluation:
 POINT_CHUNK = 256
 
 
+def default_chunk(sym: SymbolicModel) -> int:
+    """Latent points per batch of :func:`evaluate_spec` (and of each Dask task's batches):
+    :data:`POINT_CHUNK` evaluations' worth, every γ² of a point in the batch."""
+    return max(1, POINT_CHUNK // max(1, len(sym.gamma2)))
+
+
 def result_row(r: PointResult) -> dict[str, Any]:
     """The JSON row of one result (docs/json.md): ``PointResult.to_dict()``, with
     ``"prediction": null`` and ``"prediction_skipped"`` (the reason) when the prediction was asked
@@ -111,7 +117,7 @@ def evaluate_spec(sym: SymbolicModel, device: str = "auto", predictions: bool = 
     if not len(sym.points):
         raise SpecError("spec has no 'latents' (a list of points z0 at which x = f(z0) is evaluated)")
     if chunk is None:
-        chunk = max(1, POINT_CHUNK // len(sym.gamma2))
+        chunk = default_chunk(sym)
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
     import torch
@@ -156,21 +162,30 @@ def attach_predictions(sym: SymbolicModel, results: list[PointResult], log_norma
     log-densities (0 for the closed-form priors), so that the predicted log p and ELBO*
     constants refer to the normalized prior, as the numerics do.  The points are the spec's
     (checked when it was loaded); each is the exact rational of its float, as in the spec."""
-    from theory.expansions import PredictionSkipped, expand_at_floats
-    from theory.spec import exact_number
-
     cache: dict[tuple[float, ...], dict[str, Any] | str] = {}
     for r in results:
         key = tuple(r.latent)
         if key not in cache:
-            point = tuple(exact_number(v) for v in key)
-            try:
-                cache[key] = expand_at_floats(sym, point, log_normalizer=log_normalizer, checked=True)
-            except PredictionSkipped as exc:
-                cache[key] = str(exc)
-        hit = cache[key]
-        if isinstance(hit, str):
-            r.prediction = None
-            r.prediction_skipped = hit  # type: ignore[attr-defined]  # read by result_row
-        else:
-            r.prediction = hit
+            cache[key] = prediction_at(sym, key, log_normalizer)
+        set_prediction(r, cache[key])
+
+
+def prediction_at(sym: SymbolicModel, latent: Sequence[float], log_normalizer: float = 0.0) -> dict[str, Any] | str:
+    """The prediction of :func:`attach_predictions` at one latent point (floats, each taken as
+    the exact rational of its float): the expansion's dict, or the reason it was skipped."""
+    from theory.expansions import PredictionSkipped, expand_at_floats
+    from theory.spec import exact_number
+
+    try:
+        return expand_at_floats(sym, tuple(exact_number(v) for v in latent), log_normalizer=log_normalizer, checked=True)
+    except PredictionSkipped as exc:
+        return str(exc)
+
+
+def set_prediction(r: PointResult, hit: dict[str, Any] | str) -> None:
+    """Give ``r`` a :func:`prediction_at` answer: the prediction, or None and the skip reason."""
+    if isinstance(hit, str):
+        r.prediction = None
+        r.prediction_skipped = hit  # type: ignore[attr-defined]  # read by result_row
+    else:
+        r.prediction = hit

@@ -108,6 +108,35 @@ def test_plans_cut_whole_chunks_in_order() -> None:
     assert max(b - a for _, a, b in big) == 16 * 32  # bounded tasks: progress and streaming
 
 
+def test_a_skipped_prediction_reaches_the_rows_as_in_the_serial_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prediction refused for its size is a reason in the row (``prediction_skipped``), from
+    the worker's prediction task as from the serial run."""
+    import theory.expansions as E
+    from proofs_check.evaluation import result_row
+
+    monkeypatch.setattr(E, "MAX_CONTRACTION_OPS", 1)
+    path = tmp_path / "two.toml"
+    path.write_text('decoder = ["z1 + 0.4*z2**2", "z2"]\nprior = "logistic"\ngamma2 = [10.0]\n'
+                    'latents = [[0.3, 1.1], [-0.8, -0.5]]\n', encoding="utf-8")
+    serial = [result_row(r) for r in evaluate_spec(load_spec(path), predictions=True).results]
+    assert all(row["prediction"] is None and "operations per point" in row["prediction_skipped"] for row in serial)
+    source = dataclasses.asdict(dist.SpecSource.from_path(path))
+    ans = dist._evaluate_task({"spec": source, "start": 0, "stop": 2, "options": {"predictions": False}, "threads": 1})
+    runs = [(0, 2, dist._predict_task({"spec": source, "start": 0, "stop": 2, "threads": 1})["predictions"])]
+    dist.set_predictions(load_spec(path), ans["results"], runs)
+    assert [result_row(r) for r in ans["results"]] == serial
+
+
+def test_a_sweep_cuts_each_spec_in_its_serial_batches() -> None:
+    """Per-spec chunk sizes (evaluation.default_chunk: POINT_CHUNK evaluations, all γ² of a
+    point together): a task is a run of whole chunks of its own spec's size."""
+    plan = dist.plan_points([40, 40], chunk=[4, 10], workers=1)
+    for s, a, b in plan:
+        size = (4, 10)[s]
+        assert a % size == 0 and (b % size == 0 or b == 40)
+    assert [b - a for s, a, b in plan if s == 0][0] != [b - a for s, a, b in plan if s == 1][0]
+
+
 def test_a_worker_error_is_raised_as_in_the_serial_run(tmp_path: Path) -> None:
     spec = tmp_path / "nogamma.toml"
     spec.write_text('decoder = ["z1 + 0.4*z2**2", "z2"]\nprior = "gaussian"\nlatents = [[0.3, 1.1]]\n', encoding="utf-8")
@@ -313,9 +342,13 @@ def test_api_workers_match_the_serial_evaluation(tmp_path: Path) -> None:
     spec.write_text(f'decoder = ["z1 + 0.4*z2**2", "z2"]\nprior = "logistic"\ngamma2 = [1e2, 1e6]\nlatents = {pts}\n',
                     encoding="utf-8")
     before = _descendants()
-    par = pc.evaluate(spec, workers=2, predictions=False)
+    seen: list[Any] = []
+    par = pc.evaluate(spec, workers=2, predictions=False, on_result=seen.append)
     assert _descendants() <= before  # the local cluster's processes are gone
     assert rows(par) == rows(pc.evaluate(spec, predictions=False))
+    assert seen == par.results  # on_result sees every result, as in the serial run
+    streamed = pc.evaluate(spec, workers=2, predictions=False, on_result=seen.append, keep_results=False)
+    assert streamed.results == [] and streamed.n_results == len(par.results)
     text = spec.read_text(encoding="utf-8")
     assert rows(pc.evaluate(text, workers=1, predictions=False)) == rows(par)
 

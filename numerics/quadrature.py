@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from .memsize import format_bytes, parse_memory  # noqa: F401 (re-exported: numerics.quadrature is where callers find them)
 from .models import ModelError
 
 Tensor = torch.Tensor
@@ -32,36 +33,6 @@ MAX_TENSOR_NODES = 2**20
 class MemoryBudgetError(ModelError):
     """A computation cannot be done within the memory (or node-count) budget; the message names
     the budget, what was needed and a method that would fit."""
-
-
-def parse_memory(text: str | int) -> int:
-    """Bytes from ``"2G"``, ``"500M"``, ``"64k"``, ``"1.5GiB"`` or a plain number of bytes
-    (K/M/G/T are powers of 1024).  Raises ValueError on anything else or a size below 1 KiB
-    (a bare ``2`` is more likely a forgotten suffix than a budget of two bytes)."""
-    if isinstance(text, int):
-        value = text
-    else:
-        t = str(text).strip().lower().removesuffix("b").removesuffix("i")
-        mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(t[-1:], 1)
-        num = t[:-1] if t[-1:] in "kmgt" and t else t
-        try:
-            f = float(num)
-        except ValueError:
-            raise ValueError(f"memory size {text!r}: expected a number with an optional K, M, G or T suffix, e.g. 2G or 500M") from None
-        if not math.isfinite(f) or f <= 0:
-            raise ValueError(f"memory size {text!r} must be a positive number")
-        value = int(f * mult)
-    if value < 1 << 10:
-        raise ValueError(f"memory size {text!r} is below 1 KiB (a missing K, M or G?)")
-    return value
-
-
-def format_bytes(n: float) -> str:
-    """A byte count for messages: 1.5 GiB, 300 MiB, ..."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 @functools.lru_cache(maxsize=64)

@@ -106,8 +106,9 @@ def format_summary(ev, stats: dict[str, Any], path: str) -> str:
 
 
 def _memory_size(text: str) -> int:
-    """argparse type of --max-memory: bytes from 2G, 500M, ... (numerics.quadrature.parse_memory)."""
-    from numerics.quadrature import parse_memory
+    """argparse type of --max-memory: bytes from 2G, 500M, ... (numerics.memsize.parse_memory,
+    which imports no torch: the arguments are read before the numeric stack is imported)."""
+    from numerics.memsize import parse_memory
 
     try:
         return parse_memory(text)

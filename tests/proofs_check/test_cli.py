@@ -135,7 +135,8 @@ def test_evaluate_with_importance_sampling_agrees_with_quadrature(tmp_path: Path
 def test_the_parser_imports_no_numeric_stack() -> None:
     """`gapcheck --help` and argument errors answer without importing torch, sympy or
     python-flint, and `evaluate --workers N` starts its cluster before they are imported."""
-    code = ("import sys; from proofs_check.cli import build_parser; build_parser(); "
+    code = ("import sys; from proofs_check.cli import build_parser; "
+            "build_parser().parse_args(['evaluate', 'x.toml', '--max-memory', '2G', '--workers', '2']); "
             "print([m for m in ('torch', 'sympy', 'flint', 'numpy') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

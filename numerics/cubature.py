@@ -44,6 +44,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .quadrature import _hermite_1d
+
 Tensor = torch.Tensor
 
 __all__ = ["sparse_rule", "rule_size", "iter_rule", "abs_weight_sum", "rule_blocks", "total_degree", "RuleBlock", "MAX_LEVEL"]
@@ -70,8 +72,7 @@ def _rule_1d(i: int) -> tuple[np.ndarray, np.ndarray]:
     """U^i: 2i − 1 probabilists' Gauss–Hermite nodes and weights summing to 1; the middle node
     is set to exactly 0 (hermegauss returns it to rounding)."""
     m = 2 * i - 1
-    x, w = np.polynomial.hermite_e.hermegauss(m)
-    w = w / w.sum()
+    x, w = _hermite_1d(m)
     x = x.copy()
     x[m // 2] = 0.0
     x = 0.5 * (x - x[::-1])  # exactly symmetric

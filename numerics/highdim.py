@@ -73,7 +73,6 @@ does not fit, :class:`numerics.models.ModelError` is raised naming the method an
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -81,9 +80,10 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from .cubature import MAX_LEVEL, abs_weight_sum, iter_rule, rule_size
+from .elbo import _split_prior_terms
 from .estimate import Estimate
-from .models import GaussianPrior1D, Model, ModelError, Prior1D
-from .optimize import ConvergenceError
+from .models import GaussianPrior1D, Model, ModelError
+from .optimize import ConvergenceError, model_costs
 from .posterior import PosteriorModes, _log_integral, kinks_in_reach, newton_robust, rounding_bound, value_rounding
 from .quadrature import LOG_2PI, UNIT_ROUNDOFF
 
@@ -216,19 +216,13 @@ def _tol_abs(tol: float, value: float, rounding: float) -> float:
 # ----------------------------------------------------------------------------------------
 
 
-def _has_closed_form(f: Prior1D) -> bool:
-    return type(f).gaussian_expectation is not Prior1D.gaussian_expectation
-
-
-_SAVED_BYTES: dict[int, tuple[weakref.ref, int]] = {}
-
-
 def _saved_bytes_per_node(model: Model) -> int:
     """Bytes the autograd graph of φ(z) = −‖x − f(z)‖² + ℓ(z) saves per node (a proxy for the
-    decoder's intermediate tensors), measured on a probe batch of 64 nodes (once per model)."""
-    hit = _SAVED_BYTES.get(id(model))
-    if hit is not None and hit[0]() is model:
-        return hit[1]
+    decoder's intermediate tensors), measured on a probe batch of 64 nodes (once per model, in
+    :func:`numerics.optimize.model_costs`)."""
+    costs = model_costs(model)
+    if "saved_bytes" in costs:
+        return costs["saved_bytes"]
     probe = 64
     z = torch.zeros(probe, model.d, dtype=torch.float64).requires_grad_(True)
     total = 0
@@ -243,7 +237,7 @@ def _saved_bytes_per_node(model: Model) -> int:
         v = (r * r).sum() + model.prior.log_prob(z).sum()
     del v
     out = max(1, total // probe)
-    _SAVED_BYTES[id(model)] = (weakref.ref(model), out)
+    costs["saved_bytes"] = out
     return out
 
 
@@ -295,9 +289,8 @@ class _ElboSums:
         self.N = rule_size(model.d, level)
         self.budget = int(max_memory)
         self.fp = _Footprint.of(model)
-        factors = model.prior.factors
-        self.closed = [k for k, f in enumerate(factors) if _has_closed_form(f)]
-        self.quad = [k for k, f in enumerate(factors) if not _has_closed_form(f)]
+        self.closed, _, self._closed_terms = _split_prior_terms(model)
+        self.quad = [k for k in range(model.d) if k not in self.closed]
         self._cache: dict[str, tuple[tuple[Tensor, ...], Any]] = {}
         self.evaluations = {"value": 0, "grad": 0, "hess": 0}
         # the whole rule is kept when it is small against the budget, else rebuilt chunk by chunk
@@ -339,12 +332,8 @@ class _ElboSums:
         """Σ_{k closed} E_{N(μ_k, s_k)}[ℓ_k] for one item."""
         d = self.d
         a, tau = params[:d], params[d:]
-        mu = mub + torch.sqrt(eps) * a
-        var = eps * torch.exp(tau)
-        total = torch.zeros((), dtype=params.dtype, device=params.device)
-        for k in self.closed:
-            total = total + self.model.prior.factors[k].gaussian_expectation(mu[k], var[k])
-        return total
+        zero = torch.zeros((), dtype=params.dtype, device=params.device)
+        return self._closed_terms(zero, mub + torch.sqrt(eps) * a, eps * torch.exp(tau))
 
     @staticmethod
     def _split(params: Tensor, eps: Tensor, mub: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -213,13 +213,14 @@ def allocation_probe(run: Callable[[int], Any], size: int, probe: int = 64) -> t
     return max(c1 - per * n1, 0.0), per
 
 
-_MODEL_COSTS: dict[int, dict[Any, tuple[float, float]]] = {}
+_MODEL_COSTS: dict[int, dict[Any, Any]] = {}
 
 
-def model_costs(model: Any) -> dict[Any, tuple[float, float]]:
+def model_costs(model: Any) -> dict[Any, Any]:
     """A cache of measured allocation costs (:func:`allocation_probe` results) that lives as long
     as ``model`` does: the bytes per node of an integrand depend only on the model and on the
-    computation, so one probe per (model, computation) suffices for a whole sweep."""
+    computation, so one probe per (model, computation) suffices for a whole sweep (also the
+    sparse grids' saved-bytes-per-node probe, numerics.highdim)."""
     key = id(model)
     if key not in _MODEL_COSTS:
         _MODEL_COSTS[key] = {}

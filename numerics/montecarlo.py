@@ -63,13 +63,9 @@ __all__ = ["log_marginal_is", "log_marginal_rqmc", "elbo_mc", "elbo_qmc", "RQMC_
 #: Independent scramblings of the Sobol points in :func:`log_marginal_rqmc` (the error estimate
 #: has R − 1 degrees of freedom).
 RQMC_REPLICATES = 16
-#: Importance-sampling proposals: the Laplace mixture, the Student-t(ν) mixture with the same
-#: locations and scales, and the defensive mixture (1 − α)·Laplace + α·Student-t (weights bounded
-#: by 1/α times those of the t proposal in the tails, and at most 1/(1 − α) times those of the
-#: Laplace proposal in the bulk).
-PROPOSALS = ("laplace", "laplace_t", "defensive")
-#: Weight α of the Student-t part of the defensive proposal.
-DEFENSIVE_WEIGHT = 0.1
+#: Importance-sampling proposals: the Laplace mixture, and the Student-t(ν) mixture with the same
+#: locations and scales.
+PROPOSALS = ("laplace", "laplace_t")
 
 
 # ----------------------------------------------------------------------------------------
@@ -99,8 +95,8 @@ def _log_mean_and_se(logw: Tensor) -> tuple[float, float, float]:
 
 class _Proposal:
     """The importance-sampling proposal built on the posterior modes: components j with location
-    ẑ_j, scale L_j (z = ẑ_j + L_j u) and weight π_j; u ~ N(0, I) (``laplace``), multivariate
-    Student-t(ν) (``laplace_t``), or the defensive mixture of the two (``defensive``)."""
+    ẑ_j, scale L_j (z = ẑ_j + L_j u) and weight π_j; u ~ N(0, I) (``laplace``) or multivariate
+    Student-t(ν) (``laplace_t``)."""
 
     def __init__(self, pm: PosteriorModes, proposal: str, df: float) -> None:
         if proposal not in PROPOSALS:
@@ -123,11 +119,7 @@ class _Proposal:
         gauss = -0.5 * d * LOG_2PI - 0.5 * r2
         if self.kind == "laplace":
             return gauss
-        t = self.c_t - 0.5 * (self.df + d) * torch.log1p(r2 / self.df)
-        if self.kind == "laplace_t":
-            return t
-        a = DEFENSIVE_WEIGHT
-        return torch.logaddexp(math.log1p(-a) + gauss, math.log(a) + t)
+        return self.c_t - 0.5 * (self.df + d) * torch.log1p(r2 / self.df)
 
     def sample(self, comp: Tensor, u: Tensor) -> Tensor:
         """z = ẑ_comp + L_comp u."""
@@ -212,8 +204,8 @@ def log_marginal_is(
 ) -> Estimate:
     """Reduced log p_γ(x) (same convention as :func:`numerics.posterior.log_marginal_gh`) by
     importance sampling from the Laplace mixture (``proposal="laplace"``), from a mixture of
-    multivariate Student-t(``df``) with the same locations and scales (``"laplace_t"``), or from
-    the defensive mixture of both (``"defensive"``), with pseudo-random draws.
+    multivariate Student-t(``df``) with the same locations and scales (``"laplace_t"``), with
+    pseudo-random draws.
 
     Error: the delta-method standard error std(w)/(mean(w)√N) of the log estimate, plus the
     floating-point rounding bound of the quadrature estimators (:func:`numerics.posterior.rounding_bound`,
@@ -247,9 +239,6 @@ def log_marginal_is(
         unif = torch.rand(num_samples, generator=gen, dtype=torch.float64).clamp(1e-300, 1 - 1e-16).numpy()
         chi2 = torch.as_tensor(stats.chi2.ppf(unif, df), dtype=torch.float64)
         scale_t = 1 / torch.sqrt(chi2 / df)
-        if proposal == "defensive":
-            pick = torch.rand(num_samples, generator=gen, dtype=torch.float64) < DEFENSIVE_WEIGHT
-            scale_t = torch.where(pick, scale_t, torch.ones_like(scale_t))
         u = u * scale_t.unsqueeze(-1)
     u = u.to(device)
     comp = comp.to(device)
@@ -292,7 +281,7 @@ def log_marginal_rqmc(
 
     Replicate r = 1 … R scrambles the Sobol sequence with its own seed (derived from ``seed``):
     the first ``num_points`` (a power of 2) points in [0, 1)^D, D = d (+1 for the χ²_ν variable
-    of a t proposal, +1 for the defensive choice, +1 for the mixture component when there are
+    of a t proposal, +1 for the mixture component when there are
     several modes; the Gaussian coordinates first, where the Sobol sequence is best), mapped by
     inverse CDFs to draws of the proposal (:data:`PROPOSALS`).  Replicate estimate
     p̂_r = mean_i w_ri; value log mean_r p̂_r; error std_r(p̂_r)/(√R mean_r p̂_r) (a standard error
@@ -311,8 +300,7 @@ def log_marginal_rqmc(
     device = pm.modes.device
     m = pm.count
     extra_t = proposal != "laplace"
-    extra_pick = proposal == "defensive"
-    dim = d + int(extra_t) + int(extra_pick) + int(m > 1)
+    dim = d + int(extra_t) + int(m > 1)
     if dim > torch.quasirandom.SobolEngine.MAXDIM:
         raise ValueError(f"randomized QMC: dimension {dim} exceeds the Sobol engine's {torch.quasirandom.SobolEngine.MAXDIM}")
     c = _samples_per_chunk(model, prop, num_points, max_memory, "randomized QMC importance sampling")
@@ -337,9 +325,6 @@ def log_marginal_rqmc(
                                            device=device)
                 col += 1
                 scale_t = 1 / torch.sqrt(chi2.clamp_min(1e-300) / df)
-                if extra_pick:
-                    scale_t = torch.where(pts[:, col] < DEFENSIVE_WEIGHT, scale_t, torch.ones_like(scale_t))
-                    col += 1
                 u = u * scale_t.unsqueeze(-1)
             if m > 1:
                 comp = torch.searchsorted(cum_pi, pts[:, col].contiguous()).clamp_max(m - 1)
@@ -358,8 +343,8 @@ def log_marginal_rqmc(
     mean = p.mean()
     log_mean = float(top + torch.log(mean))
     se = float(p.std(unbiased=True) / (mean * math.sqrt(replicates)))
-    value = log_mean + 0.5 * d * math.log(pm.gamma2 / (2 * math.pi))
     shift = 0.5 * d * math.log(pm.gamma2 / (2 * math.pi))
+    value = log_mean + shift
     log_sum = float(torch.logsumexp(logs, 0)) + math.log(num_points)  # log Σ w over all replicates
     info = {
         "num_points": int(num_points),

@@ -358,14 +358,32 @@ class SpecSource:
         return sym
 
 
+#: The spec a worker process parsed last, keyed by its plain data: the tasks of one spec (a
+#: spec with 10^6 generated points is cut into thousands) parse and check it once per worker,
+#: not once per task (~1 s each at that size).
+_LAST_SPEC: dict[str, Any] = {}
+
+
+def _spec_part(task: Mapping[str, Any]) -> Any:
+    """The task's spec (:meth:`SpecSource.load`, cached per worker) restricted to its points
+    ``start:stop``."""
+    import json
+
+    key = json.dumps(task["spec"], sort_keys=True)
+    if _LAST_SPEC.get("key") != key:
+        _LAST_SPEC.clear()
+        _LAST_SPEC.update(key=key, sym=SpecSource(**task["spec"]).load())
+    sym = _LAST_SPEC["sym"]
+    return dataclasses.replace(sym, points=tuple(sym.points[task["start"]:task["stop"]]))
+
+
 def _evaluate_task(task: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate points ``start:stop`` of a spec (a run of whole chunks) in a worker."""
     with _TASK_LOCK:
         try:
             from .evaluation import evaluate_spec
 
-            sym = SpecSource(**task["spec"]).load()
-            part = dataclasses.replace(sym, points=tuple(sym.points[task["start"]:task["stop"]]))
+            part = _spec_part(task)
             with torch_threads(task["threads"]):
                 ev = evaluate_spec(part, **task["options"])
             return {"results": ev.results, "seconds": ev.seconds, "device": ev.device, "worker": _worker_info()}
@@ -383,8 +401,7 @@ def _predict_task(task: Mapping[str, Any]) -> dict[str, Any]:
             from .evaluation import prediction_at
 
             t0 = time.perf_counter()
-            sym = SpecSource(**task["spec"]).load()
-            part = dataclasses.replace(sym, points=tuple(sym.points[task["start"]:task["stop"]]))
+            part = _spec_part(task)
             with torch_threads(task["threads"]):
                 log_norm = sum(log_normalizers(numeric_model(part)))
                 hits = [prediction_at(part, [float(v) for v in p], log_norm) for p in part.points]

@@ -127,6 +127,22 @@ def test_a_skipped_prediction_reaches_the_rows_as_in_the_serial_run(tmp_path: Pa
     assert [result_row(r) for r in ans["results"]] == serial
 
 
+def test_a_worker_parses_a_spec_once_for_its_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "three.toml"
+    path.write_text('decoder = ["z1 + 0.4*z2**2", "z2"]\nprior = "logistic"\ngamma2 = [10.0]\n'
+                    'latents = [[0.3, 1.1], [-0.8, -0.5], [0.1, 0.2]]\n', encoding="utf-8")
+    loads: list[int] = []
+    real = dist.SpecSource.load
+    monkeypatch.setattr(dist.SpecSource, "load", lambda self: loads.append(1) or real(self))
+    source = dataclasses.asdict(dist.SpecSource.from_path(path))
+    got = []
+    for a, b in ((0, 1), (1, 3)):
+        got += dist._evaluate_task({"spec": source, "start": a, "stop": b, "options": {"predictions": False}, "threads": 1})["results"]
+    dist._predict_task({"spec": source, "start": 0, "stop": 3, "threads": 1})
+    assert len(loads) == 1
+    assert [r.to_dict() for r in got] == rows(evaluate_spec(load_spec(path), predictions=False))
+
+
 def test_a_sweep_cuts_each_spec_in_its_serial_batches() -> None:
     """Per-spec chunk sizes (evaluation.default_chunk: POINT_CHUNK evaluations, all γ² of a
     point together): a task is a run of whole chunks of its own spec's size."""

@@ -292,7 +292,6 @@ class _ElboSums:
         self.closed, _, self._closed_terms = _split_prior_terms(model)
         self.quad = [k for k in range(model.d) if k not in self.closed]
         self._cache: dict[str, tuple[tuple[Tensor, ...], Any]] = {}
-        self.evaluations = {"value": 0, "grad": 0, "hess": 0}
         # the whole rule is kept when it is small against the budget, else rebuilt chunk by chunk
         self._rule_bytes = 8 * self.N * (self.d + 1)
         self._rule: list[tuple[Tensor, Tensor]] | None = None
@@ -355,7 +354,6 @@ class _ElboSums:
         key = (params, x, eps, mub)
         hit = self._cached("value", key)
         if hit is None:
-            self.evaluations["value"] += 1
             d, B = self.d, params.shape[0]
             mu, sd, tau = self._split(params, eps, mub, d)
             Q = torch.zeros(B, dtype=params.dtype, device=params.device)
@@ -380,7 +378,6 @@ class _ElboSums:
         hit = self._cached("grad", key)
         if hit is not None:
             return hit
-        self.evaluations["grad"] += 1
         d, B = self.d, params.shape[0]
         mu, sd, tau = self._split(params, eps, mub, d)
         gmu = torch.zeros(B, d, dtype=params.dtype, device=params.device)
@@ -407,7 +404,6 @@ class _ElboSums:
         hit = self._cached("hess", key)
         if hit is not None:
             return hit
-        self.evaluations["hess"] += 1
         d, B = self.d, params.shape[0]
         mu, sd, tau = self._split(params, eps, mub, d)
         dt, dev = params.dtype, params.device
@@ -810,17 +806,8 @@ def log_marginal_sparse(
     return Estimate(vals[-1], err + noise + value_rounding(vals[-1]), "sparse_grid", "refinement", info)
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(on: bool, total: int, desc: str):
-    if not on:
-        return _NoBar()
+    """A tqdm bar over the sparse levels (stderr; a no-op unless ``on``)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False)
+    return tqdm(total=total, desc=desc, leave=False, disable=not on)

@@ -270,7 +270,6 @@ class NodeSumObjective(Objective):
         self._plans: dict[str, tuple[float, float]] = {} if costs is None else costs
         self._rule_cache: tuple[Tensor, Tensor] | None = None
         self._fns: dict[tuple[str, int], Callable[..., Any]] = {}
-        self.calls = 0  # chunk calls made (diagnostics)
 
     # -- planning ------------------------------------------------------------------------
     def _cost(self, kind: str, x: Tensor, args: tuple[Tensor, ...]) -> tuple[float, float]:
@@ -335,7 +334,6 @@ class NodeSumObjective(Objective):
         outs = []
         for i in range(0, B, pl.items):
             xi, ai = x[i:i + pl.items], tuple(a[i:i + pl.items] for a in args)
-            self.calls += 1
             if pl.whole:
                 w = self._whole_obj()
                 outs.append(w.value(xi, ai) if kind == "value" else w.derivatives(xi, ai))
@@ -349,7 +347,6 @@ class NodeSumObjective(Objective):
             for s in range(0, self.rule.size, pl.nodes):
                 nodes, logw = self._chunk(s, s + pl.nodes)
                 r = f(xi, *ai, nodes, logw)
-                self.calls += 1
                 acc = acc + r if kind == "value" else (acc[0] + r[0], acc[1] + r[1])
             outs.append(acc)
         if kind == "value":

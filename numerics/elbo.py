@@ -215,6 +215,30 @@ def _refined_newton(make_obj, params: Tensor, args: tuple[Tensor, ...], rb: Tens
     return _Refined(params, value, diff, dec, gnorm, n_levels, history)
 
 
+def mode_starts(posts: list[PosteriorModes], d: int, device: torch.device) -> tuple[list[int], Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The Newton starts of ELBO*, one per mode ẑ_j of each item: μ = ẑ_j (a = 0), t_k = 1/H̃_kk
+    (the mean-field lemma C2 applied to the Laplace precision).  Returns (the item of each start,
+    its base μ, x, ε, parameters (a, τ), rounding bound), stacked (also for the sparse grids)."""
+    items, bases, X, E, P = [], [], [], [], []
+    for b, pm in enumerate(posts):
+        for j in range(pm.count):
+            Ht = pm.chol[j] @ pm.chol[j].T
+            tau0 = -torch.log(torch.diagonal(Ht))
+            items.append(b)
+            bases.append(pm.modes[j])
+            X.append(pm.x)
+            E.append(pm.eps)
+            P.append(torch.cat([torch.zeros(d, dtype=torch.float64, device=device), tau0]))
+    rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
+    return (items, torch.stack(bases), torch.stack(X), torch.tensor(E, dtype=torch.float64, device=device), torch.stack(P), rb)
+
+
+def failure_place(posts: list[PosteriorModes], z0s: Tensor | None, b: int) -> str:
+    """Where item ``b`` is, for an error message: its latent point z0 when known, else x."""
+    return (f"z0 = {[round(v, 12) for v in z0s[b].tolist()]}" if z0s is not None
+            else f"x = {[round(v, 12) for v in posts[b].x.tolist()]}")
+
+
 def elbo_star(
     model: Model,
     posts: list[PosteriorModes],
@@ -245,26 +269,12 @@ def elbo_star(
     d = model.d
     device = posts[0].x.device
     levels = levels or refinement_levels(d)
-    items, bases, X, E, P = [], [], [], [], []
-    for b, pm in enumerate(posts):
-        for j in range(pm.count):
-            Ht = pm.chol[j] @ pm.chol[j].T
-            tau0 = -torch.log(torch.diagonal(Ht))
-            items.append(b)
-            bases.append(pm.modes[j])
-            X.append(pm.x)
-            E.append(pm.eps)
-            P.append(torch.cat([torch.zeros(d, dtype=torch.float64, device=device), tau0]))
+    items, Mb, Xb, Eb, params, rb = mode_starts(posts, d, device)
     item_idx = torch.tensor(items, device=device)
-    Mb = torch.stack(bases)
-    Xb = torch.stack(X)
-    Eb = torch.tensor(E, dtype=torch.float64, device=device)
-    params = torch.stack(P)
-    rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
+
     def failure(i: int, dec: float, its: int) -> str:
         b = items[i]
-        where = (f"z0 = {[round(v, 12) for v in z0s[b].tolist()]}" if z0s is not None
-                 else f"x = {[round(v, 12) for v in posts[b].x.tolist()]}")
+        where = failure_place(posts, z0s, b)
         if not math.isfinite(dec):
             return (f"ELBO* is not finite at {where}, γ² = {posts[b].gamma2:g}: the decoder or the prior is not finite "
                     "at some quadrature nodes of q around z0 (is the decoder defined on all of R^d near z0?)")

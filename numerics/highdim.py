@@ -80,7 +80,7 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from .cubature import MAX_LEVEL, abs_weight_sum, iter_rule, rule_size
-from .elbo import _split_prior_terms
+from .elbo import _split_prior_terms, failure_place, mode_starts
 from .estimate import Estimate
 from .models import GaussianPrior1D, Model, ModelError
 from .optimize import ConvergenceError, model_costs
@@ -596,25 +596,12 @@ def elbo_star_sparse(
     levels = list(levels) if levels is not None else sparse_levels(d, elbo_node_budget(d) if max_nodes is None else max_nodes)
     if not levels or any((not isinstance(L, int)) or L < 0 or L > MAX_LEVEL for L in levels):
         raise ValueError(f"elbo_star_sparse: levels must be integers in [0, {MAX_LEVEL}], got {levels}")
-    items, bases, X, E, P = [], [], [], [], []
-    for b, pm in enumerate(posts):
-        for j in range(pm.count):
-            Ht = pm.chol[j] @ pm.chol[j].T
-            items.append(b)
-            bases.append(pm.modes[j])
-            X.append(pm.x)
-            E.append(pm.eps)
-            P.append(torch.cat([torch.zeros(d, dtype=torch.float64, device=device), -torch.log(torch.diagonal(Ht))]))
+    items, Mb, Xb, Eb, params, rb = mode_starts(posts, d, device)
     S = len(items)
-    Mb, Xb = torch.stack(bases), torch.stack(X)
-    Eb = torch.tensor(E, dtype=torch.float64, device=device)
-    params = torch.stack(P)
-    rb = torch.tensor([rounding_bound(posts[b].x, posts[b].gamma2, d) for b in items], dtype=torch.float64, device=device)
 
     def failure(i: int, dec: float, its: int, level: int) -> str:
         b = items[i]
-        where = (f"z0 = {[round(v, 12) for v in z0s[b].tolist()]}" if z0s is not None
-                 else f"x = {[round(v, 12) for v in posts[b].x.tolist()]}")
+        where = failure_place(posts, z0s, b)
         if not math.isfinite(dec):
             return (f"ELBO* (sparse grid, level {level}) is not finite at {where}, γ² = {posts[b].gamma2:g}: the decoder "
                     "or the prior is not finite at some cubature nodes of q around z0")

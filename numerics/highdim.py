@@ -23,9 +23,9 @@ assembled from per-node derivatives g_i = ∇φ_q(z_i), H_i = ∇²φ_q(z_i) sum
     ∂²/∂a∂a = ε Σ w H,   ∂²/∂a_j∂τ_k = √ε (σ_k/2) Σ w H_jk ξ_k,
     ∂²/∂τ_j∂τ_k = (σ_j σ_k/4) Σ w H_jk ξ_j ξ_k + δ_jk (σ_k/4) Σ w g_k ξ_k.
 
-The chunked sums are wrapped in torch.autograd.Function s with explicit vmap and jvp rules, so
-that newton_robust's ``vmap(grad(fun))`` and ``vmap(hessian(fun))`` call them once per batch of
-items instead of differentiating through the whole rule.  Levels L = 1, 2, 3, … are run
+The chunked sums are handed to newton_robust as a batched
+:class:`numerics.optimize.Objective` (value, gradient, Hessian, each one pass over the rule per
+batch of items) instead of differentiating through the whole rule.  Levels L = 1, 2, 3, … are run
 warm-started (the optimum of one level starts the next); at every level after the first,
 Newton's Hessian is that of the level below at the same point (an inexact Newton method, see
 :func:`elbo_star_sparse`): per-node Hessians cost d backward passes each, and the next rule is
@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.func import grad, jacrev, vmap
@@ -83,7 +83,7 @@ from .cubature import MAX_LEVEL, abs_weight_sum, iter_rule, rule_size
 from .elbo import _split_prior_terms, failure_place, mode_starts
 from .estimate import Estimate
 from .models import GaussianPrior1D, Model, ModelError
-from .optimize import ConvergenceError, model_costs
+from .optimize import ConvergenceError, Objective, model_costs
 from .posterior import PosteriorModes, _log_integral, kinks_in_reach, newton_robust, rounding_bound, value_rounding
 from .quadrature import LOG_2PI, UNIT_ROUNDOFF
 
@@ -445,108 +445,24 @@ class _ElboSums:
         self._cache["hess"] = (tuple(t.clone() for t in key), H)
         return H
 
-    def objective(self) -> Callable[..., Tensor]:
-        """fun(params, x, eps, mu_base) for one item, for numerics.posterior.newton_robust."""
-        sums = self
-
-        def fun(params: Tensor, x: Tensor, eps: Tensor, mub: Tensor) -> Tensor:
-            return _Value.apply(sums, params, x, eps, mub)
-
-        return fun
+    def objective(self) -> Objective:
+        """The sums as a :class:`numerics.optimize.Objective` (batched value, gradient and
+        Hessian) for numerics.posterior.newton_robust."""
+        return _SumsObjective(self)
 
 
-def _batch_args(info, in_dims, args: tuple[Tensor, ...]) -> list[Tensor]:
-    out = []
-    for a, dim in zip(args, in_dims):
-        out.append(a.unsqueeze(0).expand(info.batch_size, *a.shape) if dim is None else a.movedim(dim, 0))
-    return out
+class _SumsObjective(Objective):
+    """:class:`_ElboSums` as the Objective that Newton's method calls: the value, and the
+    gradient and Hessian from the chunked per-node sums (module doc), for a batch of items."""
 
+    def __init__(self, sums: _ElboSums) -> None:
+        self.sums = sums
 
-def _flat(sums: _ElboSums, fn, params: Tensor, x: Tensor, eps: Tensor, mub: Tensor, tail: tuple[int, ...]) -> Tensor:
-    """Apply a batched pass to inputs with any number of leading batch dimensions."""
-    lead = params.shape[:-1]
-    p2 = params.reshape(-1, params.shape[-1])
-    x2 = x.reshape(-1, x.shape[-1])
-    e2 = eps.reshape(-1)
-    m2 = mub.reshape(-1, mub.shape[-1])
-    return fn(p2, x2, e2, m2).reshape(*lead, *tail)
+    def value(self, x: Tensor, args: tuple[Tensor, ...]) -> Tensor:
+        return self.sums.value(x, *args)
 
-
-class _Hessian(torch.autograd.Function):
-    @staticmethod
-    def forward(sums: _ElboSums, params, x, eps, mub):
-        p = params.shape[-1]
-        return _flat(sums, sums.hessian, params, x, eps, mub, (p, p))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):  # pragma: no cover - third derivatives are never requested
-        raise RuntimeError("sparse-grid ELBO*: third derivatives are not available")
-
-    @staticmethod
-    def vmap(info, in_dims, sums, params, x, eps, mub):
-        params, x, eps, mub = _batch_args(info, in_dims[1:], (params, x, eps, mub))
-        return _Hessian.apply(sums, params, x, eps, mub), 0
-
-
-class _SavesArgs(torch.autograd.Function):
-    """The context of :class:`_Gradient` and :class:`_Value`: the sums object and the arguments,
-    kept for backward (reverse) and jvp (forward) derivatives, which come from the next-order sum."""
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        sums, params, x, eps, mub = inputs
-        ctx.sums = sums
-        ctx.save_for_backward(params, x, eps, mub)
-        ctx.save_for_forward(params, x, eps, mub)
-
-
-class _Gradient(_SavesArgs):
-    @staticmethod
-    def forward(sums: _ElboSums, params, x, eps, mub):
-        return _flat(sums, sums.gradient, params, x, eps, mub, (params.shape[-1],))
-
-    @staticmethod
-    def backward(ctx, gg):
-        params, x, eps, mub = ctx.saved_tensors
-        H = _Hessian.apply(ctx.sums, params, x, eps, mub)
-        return None, (H @ gg.unsqueeze(-1)).squeeze(-1), None, None, None
-
-    @staticmethod
-    def jvp(ctx, _s, tp, tx, te, tm):
-        params, x, eps, mub = ctx.saved_tensors
-        H = _Hessian.apply(ctx.sums, params, x, eps, mub)
-        return (H @ tp.unsqueeze(-1)).squeeze(-1)
-
-    @staticmethod
-    def vmap(info, in_dims, sums, params, x, eps, mub):
-        params, x, eps, mub = _batch_args(info, in_dims[1:], (params, x, eps, mub))
-        return _Gradient.apply(sums, params, x, eps, mub), 0
-
-
-class _Value(_SavesArgs):
-    @staticmethod
-    def forward(sums: _ElboSums, params, x, eps, mub):
-        return _flat(sums, sums.value, params, x, eps, mub, ())
-
-    @staticmethod
-    def backward(ctx, gv):
-        params, x, eps, mub = ctx.saved_tensors
-        g = _Gradient.apply(ctx.sums, params, x, eps, mub)
-        return None, gv.unsqueeze(-1) * g, None, None, None
-
-    @staticmethod
-    def jvp(ctx, _s, tp, tx, te, tm):
-        params, x, eps, mub = ctx.saved_tensors
-        return (_Gradient.apply(ctx.sums, params, x, eps, mub) * tp).sum(-1)
-
-    @staticmethod
-    def vmap(info, in_dims, sums, params, x, eps, mub):
-        params, x, eps, mub = _batch_args(info, in_dims[1:], (params, x, eps, mub))
-        return _Value.apply(sums, params, x, eps, mub), 0
+    def derivatives(self, x: Tensor, args: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        return self.sums.gradient(x, *args), self.sums.hessian(x, *args)
 
 
 # ----------------------------------------------------------------------------------------

@@ -101,8 +101,8 @@ def _direct_objective(model: Model, level: int):
 
 @pytest.mark.parametrize("prior", [LogisticPrior1D(), LaplacePrior1D(0.2, 0.7)], ids=["logistic", "laplace"])
 def test_value_gradient_hessian_are_those_of_the_cubature_sum(prior) -> None:
-    """vmap(hessian(objective)) — what newton_robust computes — equals torch.func's Hessian of
-    the directly written sum, for a tiny memory budget (many chunks, items split into groups)
+    """The objective's value, gradient and Hessian — what newton_robust uses — equal torch.func's
+    derivatives of the directly written sum, for a tiny memory budget (many chunks, items split into groups)
     and a large one; with a closed-form prior factor (Laplace) and without."""
     model = Model(MLPDecoder(3, seed=3), Prior.iid(prior, 3))
     level = 3
@@ -117,17 +117,16 @@ def test_value_gradient_hessian_are_those_of_the_cubature_sum(prior) -> None:
             vmap(hessian(ref))(params, x, eps, mub))
     for budget in (1_000_000, 1 << 29):
         sums = _ElboSums(model, level, budget, torch.device("cpu"))
-        fun = sums.objective()
-        got = (vmap(fun)(params, x, eps, mub), vmap(torch.func.grad(fun))(params, x, eps, mub),
-               vmap(hessian(fun))(params, x, eps, mub))
+        obj = sums.objective()
+        got = (obj.value(params, (x, eps, mub)), *obj.derivatives(params, (x, eps, mub)))
         for a, b in zip(got, want):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), (a - b).abs().max()
     # the inexact-Newton variant returns the lower level's Hessian, and the level's own gradient
     sums = _ElboSums(model, level, 1 << 29, torch.device("cpu"), hessian_level=level - 1)
     low = _direct_objective(model, level - 1)
-    assert torch.allclose(vmap(hessian(sums.objective()))(params, x, eps, mub),
-                          vmap(hessian(low))(params, x, eps, mub), rtol=1e-10, atol=1e-10)
-    assert torch.allclose(vmap(torch.func.grad(sums.objective()))(params, x, eps, mub), want[1], rtol=1e-10, atol=1e-10)
+    grad_inexact, hess_inexact = sums.objective().derivatives(params, (x, eps, mub))
+    assert torch.allclose(hess_inexact, vmap(hessian(low))(params, x, eps, mub), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(grad_inexact, want[1], rtol=1e-10, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------

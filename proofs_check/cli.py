@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runtime import UserError, current_umask, default_threads
+from .runtime import UserError, current_umask, default_threads, gapcheck_version
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
@@ -323,13 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
             "as the decoder precision gamma^2 grows, log p(x) - ELBO*(x) -> c_IMA(f, z0)."
         ),
     )
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ver = version("gapcheck")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        ver = "unknown"
-    p.add_argument("--version", action="version", version=f"gapcheck {ver}")
+    p.add_argument("--version", action="version", version=f"gapcheck {gapcheck_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     ev = sub.add_parser(
         "evaluate",

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .runtime import UserError, default_threads, torch_threads
+from .runtime import UserError, default_threads, gapcheck_version, torch_threads
 
 __all__ = ["Cluster", "ClientStart", "ClusterError", "SpecSource", "SpecSweep", "plan_points", "plan_predictions", "set_predictions", "run_claims",
            "claim_tasks", "INSTALL_HINT"]
@@ -311,17 +311,8 @@ def _worker_info() -> dict[str, str]:
 
     import torch
 
-    return {"host": platform.node(), "torch": torch.__version__, "gapcheck": _gapcheck_version(),
+    return {"host": platform.node(), "torch": torch.__version__, "gapcheck": gapcheck_version(),
             "malloc_trim": os.environ.get(SLOW_MALLOC, "")}
-
-
-def _gapcheck_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gapcheck")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)

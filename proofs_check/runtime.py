@@ -47,3 +47,13 @@ def torch_threads(n: int | None = None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def gapcheck_version() -> str:
+    """The installed gapcheck's version, or "unknown" in a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gapcheck")
+    except PackageNotFoundError:
+        return "unknown"
